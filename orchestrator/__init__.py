@@ -1,0 +1,106 @@
+"""parallel-orchestrator: an embeddable, brokerless multiprocess task orchestrator.
+
+The public API is exactly ``__all__``. Names are imported lazily (PEP 562), so that a light
+consumer such as the ``orch`` command line pays only for what it touches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.config import OrchestratorConfig, TaskSpec
+    from orchestrator.core import ParallelOrchestrator
+    from orchestrator.errors import (
+        ConfigError,
+        InvalidTaskError,
+        OrchestratorClosedError,
+        OrchestratorError,
+        QueueFullError,
+        TaskNotFoundError,
+        UnknownTaskTypeError,
+    )
+    from orchestrator.models import (
+        Event,
+        OrchestratorStatus,
+        Progress,
+        TaskError,
+        TaskFinishedEvent,
+        TaskPartialEvent,
+        TaskProgressEvent,
+        TaskQueuedEvent,
+        TaskResult,
+        TaskStartedEvent,
+        TaskStatus,
+        WorkerExitedEvent,
+        WorkerInfo,
+        WorkerSpawnedEvent,
+    )
+
+_EXPORTS: dict[str, str] = {
+    "ParallelOrchestrator": "orchestrator.core",
+    "OrchestratorConfig": "orchestrator.config",
+    "TaskSpec": "orchestrator.config",
+    "TaskResult": "orchestrator.models",
+    "TaskError": "orchestrator.models",
+    "TaskStatus": "orchestrator.models",
+    "Progress": "orchestrator.models",
+    "WorkerInfo": "orchestrator.models",
+    "OrchestratorStatus": "orchestrator.models",
+    "Event": "orchestrator.models",
+    "TaskQueuedEvent": "orchestrator.models",
+    "TaskStartedEvent": "orchestrator.models",
+    "TaskProgressEvent": "orchestrator.models",
+    "TaskPartialEvent": "orchestrator.models",
+    "TaskFinishedEvent": "orchestrator.models",
+    "WorkerSpawnedEvent": "orchestrator.models",
+    "WorkerExitedEvent": "orchestrator.models",
+    "OrchestratorError": "orchestrator.errors",
+    "ConfigError": "orchestrator.errors",
+    "InvalidTaskError": "orchestrator.errors",
+    "QueueFullError": "orchestrator.errors",
+    "TaskNotFoundError": "orchestrator.errors",
+    "UnknownTaskTypeError": "orchestrator.errors",
+    "OrchestratorClosedError": "orchestrator.errors",
+}
+
+__all__ = [
+    "ConfigError",
+    "Event",
+    "InvalidTaskError",
+    "OrchestratorClosedError",
+    "OrchestratorConfig",
+    "OrchestratorError",
+    "OrchestratorStatus",
+    "ParallelOrchestrator",
+    "Progress",
+    "QueueFullError",
+    "TaskError",
+    "TaskFinishedEvent",
+    "TaskNotFoundError",
+    "TaskPartialEvent",
+    "TaskProgressEvent",
+    "TaskQueuedEvent",
+    "TaskResult",
+    "TaskSpec",
+    "TaskStartedEvent",
+    "TaskStatus",
+    "UnknownTaskTypeError",
+    "WorkerExitedEvent",
+    "WorkerInfo",
+    "WorkerSpawnedEvent",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,131 @@
+"""What users construct: `OrchestratorConfig` for the orchestrator, `TaskSpec` for each task.
+
+Both are pydantic models that reject unknown fields, so a typo is an error, never a silent
+default. Validation happens here, at the boundary; nothing past `submit_task` validates again.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from workers import protocol
+from workers.registry import BUILTIN_HANDLERS, HANDLER_PATH
+
+_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+StartMethod = Literal["forkserver", "spawn", "fork"]
+
+
+class OrchestratorConfig(BaseModel):
+    """How an orchestrator runs: pool size and scaling, queue bound, limits, handlers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_workers: int = Field(5, ge=1, strict=True, description="most worker processes at once")
+    min_workers: int = Field(0, ge=0, strict=True, description="workers kept alive when idle")
+    enable_auto_scaling: bool = Field(
+        True, description="spawn on demand and retire idle workers; False: a fixed pool"
+    )
+    idle_timeout: float = Field(300.0, gt=0, description="seconds before an idle worker exits")
+    task_queue_size: int = Field(100, ge=1, strict=True, description="most tasks waiting to run")
+    default_task_timeout: float | None = Field(None, gt=0, description="timeout of tasks with none")
+    timeout_grace: float = Field(
+        2.0, gt=0, description="seconds a stopped handler gets before its worker is killed"
+    )
+    max_memory_mb: float | None = Field(None, gt=0, description="RSS limit of one worker")
+    max_tasks_per_worker: int | None = Field(
+        None, ge=1, strict=True, description="recycle a worker after this many tasks"
+    )
+    worker_type_limits: dict[str, int] = Field(
+        default_factory=dict, description="most running tasks per type"
+    )
+    handlers: dict[str, str] = Field(
+        default_factory=dict, description='extra task types: name -> "module:function"'
+    )
+    start_method: StartMethod = "forkserver"
+    enable_logging: bool = False
+    name: str = "default"
+
+    @field_validator("handlers")
+    @classmethod
+    def _check_handlers(cls, handlers: dict[str, str]) -> dict[str, str]:
+        for task_type, path in handlers.items():
+            if not task_type.strip():
+                raise ValueError("a task type name must not be empty")
+            if not HANDLER_PATH.match(path):
+                raise ValueError(f"handler for {task_type!r} is {path!r}; expected 'module:function'")
+        return handlers
+
+    @field_validator("worker_type_limits")
+    @classmethod
+    def _check_limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        for task_type, cap in limits.items():
+            if isinstance(cap, bool) or cap < 1:
+                raise ValueError(f"limit for {task_type!r} is {cap!r}; it must be an int >= 1")
+        return limits
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(
+                f"name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> OrchestratorConfig:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must not exceed max_workers ({self.max_workers})"
+            )
+        unknown = sorted(set(self.worker_type_limits) - set(self.task_handlers()))
+        if unknown:
+            raise ValueError(f"worker_type_limits names unknown task types: {', '.join(unknown)}")
+        return self
+
+    def task_handlers(self) -> dict[str, str]:
+        """Every task type this config knows, built-ins first, mapped to its handler path."""
+        return {**BUILTIN_HANDLERS, **self.handlers}
+
+
+class TaskSpec(BaseModel):
+    """One task to run: its type, priority (0..10, 10 most urgent), config and limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(min_length=1)
+    description: str = ""
+    priority: int = Field(5, ge=0, le=10, strict=True)
+    config: dict[str, Any] = Field(default_factory=dict)
+    timeout: float | None = Field(None, gt=0)
+    retries: int = Field(0, ge=0, strict=True)
+    retry_on_exception: bool = False
+    retry_backoff: float = Field(1.0, ge=0)
+    depends_on: list[str] = Field(default_factory=list)
+    depends_on_group: str | None = None
+    on_dependency_failure: Literal["fail", "run"] = "fail"
+    group: str | None = None
+    idempotent: bool = True
+
+    _packed_config: bytes = PrivateAttr(default=b"")
+
+    @model_validator(mode="after")
+    def _pack_config(self) -> TaskSpec:
+        # Packing once here both proves the config crosses the pipe and gives the bytes to send.
+        try:
+            packed = protocol.pack_payload(self.config)
+            protocol.unpack_payload(packed)
+        except protocol.PayloadError as exc:
+            raise ValueError(f"config is {exc}") from exc
+        self._packed_config = packed
+        return self
+
+    @property
+    def packed_config(self) -> bytes:
+        """The config as msgpack bytes, as sent to the worker."""
+        return self._packed_config

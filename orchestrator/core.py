@@ -1,0 +1,376 @@
+"""`ParallelOrchestrator`: the object a host embeds. Thread-safe; every method returns quickly."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import itertools
+import logging
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Final, Literal, Self
+
+import psutil
+from pydantic import ValidationError
+
+from orchestrator.config import OrchestratorConfig, TaskSpec
+from orchestrator.errors import (
+    ConfigError,
+    InvalidTaskError,
+    OrchestratorClosedError,
+    OrchestratorError,
+    QueueFullError,
+    TaskNotFoundError,
+    UnknownTaskTypeError,
+)
+from orchestrator.events import EventBus
+from orchestrator.models import OrchestratorStatus, Progress, TaskResult, TaskStatus, WorkerInfo
+from orchestrator.pool import WorkerPool
+from orchestrator.supervisor import Supervisor, TaskRecord
+
+logger = logging.getLogger("orchestrator")
+
+_State = Literal["created", "running", "closing", "closed"]
+
+# Orchestrators still running at interpreter exit are shut down first (see _shutdown_at_exit).
+_live: Final[weakref.WeakSet[ParallelOrchestrator]] = weakref.WeakSet()
+
+
+class ParallelOrchestrator:
+    """Runs typed tasks on a pool of worker processes, by priority, and reports back.
+
+    Create it with an `OrchestratorConfig` (or keyword overrides), use it as a context manager
+    or call `initialize` and `shutdown`, and submit tasks from any thread: `submit_task` returns
+    an id at once and never waits for a worker. Results come back through `wait`,
+    `wait_async`, `get_result`, per-task callbacks, or events subscribed with `on`.
+    """
+
+    def __init__(self, config: OrchestratorConfig | None = None, **overrides: Any) -> None:
+        self.config = _build_config(config, overrides)
+        self._handlers = self.config.task_handlers()
+        self._tasks: dict[str, TaskRecord] = {}
+        self._instance = secrets.token_hex(4)
+        self._seq = itertools.count(1)
+        self._queue_slots = threading.BoundedSemaphore(self.config.task_queue_size)
+        self._bus = EventBus(self.config.name)
+        self._supervisor: Supervisor | None = None
+        self._state: _State = "created"
+        self._lifecycle_lock = threading.Lock()
+        if self.config.enable_logging:
+            _enable_logging()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def initialize(self) -> None:
+        """Start the supervisor and ``min_workers`` workers; idempotent.
+
+        Raises:
+            OrchestratorError: after `shutdown`, or when called while a worker process imports
+                the host's main script (the script lacks ``if __name__ == "__main__":``).
+        """
+        with self._lifecycle_lock:
+            if self._state == "running":
+                return
+            if self._state != "created":
+                raise OrchestratorClosedError("this orchestrator was shut down; create a new one")
+            pool = WorkerPool(self.config.start_method)
+            self._supervisor = Supervisor(self.config, self._tasks, self._queue_slots, self._bus, pool)
+            self._bus.start()
+            self._supervisor.thread.start()
+            self._state = "running"
+            _live.add(self)
+        logger.info("orchestrator %r started (max_workers=%d)", self.config.name, self.config.max_workers)
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> None:
+        """Stop taking tasks and stop the workers once their work is done; idempotent.
+
+        Queued tasks still run unless ``cancel_pending``. With ``wait`` the call returns once
+        every task is final and every worker process is gone; after ``timeout`` seconds the
+        tasks still open are cancelled and their workers killed. Without ``wait`` it returns at
+        once and the same shutdown goes on in the background.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, not {timeout!r}")
+        with self._lifecycle_lock:
+            if self._state == "created":
+                self._state = "closed"
+                return
+            if self._state == "running":
+                self._state = "closing"
+        supervisor = self._supervisor
+        assert supervisor is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with contextlib.suppress(OrchestratorClosedError):  # an earlier shutdown already finished
+            supervisor.post(lambda: supervisor.begin_shutdown(cancel_pending, deadline))
+        if wait:
+            supervisor.thread.join()
+            self._bus.close()
+            self._state = "closed"
+            _live.discard(self)
+
+    def __enter__(self) -> Self:
+        self.initialize()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ParallelOrchestrator {self.config.name!r} {self._state} "
+            f"max_workers={self.config.max_workers} tasks={len(self._tasks)}>"
+        )
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a ParallelOrchestrator cannot be pickled; pass task ids, not the orchestrator")
+
+    # ----------------------------------------------------------------- submitting
+
+    def submit_task(
+        self,
+        spec: TaskSpec | dict[str, Any],
+        *,
+        on_progress: Callable[[Progress], object] | None = None,
+        on_complete: Callable[[TaskResult], object] | None = None,
+        on_error: Callable[[TaskResult], object] | None = None,
+    ) -> str:
+        """Queue a task and return its id at once (it never waits for a worker).
+
+        ``on_progress`` receives each `Progress`; ``on_complete`` the `TaskResult` of a success;
+        ``on_error`` the `TaskResult` of an error or a cancellation. Callbacks run on the event
+        thread, never on the caller's or the supervisor's.
+
+        Raises:
+            InvalidTaskError: the spec does not validate (the message names the field).
+            UnknownTaskTypeError: no handler is registered for the spec's type.
+            QueueFullError: ``task_queue_size`` tasks are already queued; nothing was queued.
+            OrchestratorClosedError: after `shutdown`.
+        """
+        if self._state != "running":
+            self._ensure_running()
+        task = _validate_spec(spec)
+        handler = self._handlers.get(task.type)
+        if handler is None:
+            known = ", ".join(sorted(self._handlers))
+            raise UnknownTaskTypeError(
+                f"unknown task type {task.type!r}; known types: {known} "
+                "(register more with OrchestratorConfig(handlers={name: 'module:function'}))"
+            )
+        for name, callback in (
+            ("on_progress", on_progress),
+            ("on_complete", on_complete),
+            ("on_error", on_error),
+        ):
+            if callback is not None and not callable(callback):
+                raise TypeError(f"{name} must be callable, not {type(callback).__name__}")
+        if not self._queue_slots.acquire(blocking=False):
+            raise QueueFullError(
+                f"the queue is full: {self.config.task_queue_size} tasks are waiting to run; "
+                "wait for some to start or raise task_queue_size"
+            )
+        seq = next(self._seq)
+        task_id = f"{self._instance}-{seq}"
+        record = TaskRecord(task_id, seq, task, handler, on_progress, on_complete, on_error)
+        self._tasks[task_id] = record
+        supervisor = self._supervisor
+        assert supervisor is not None
+        try:
+            supervisor.post(lambda: supervisor.accept(record))
+        except OrchestratorClosedError:
+            del self._tasks[task_id]
+            self._queue_slots.release()
+            raise
+        return task_id
+
+    def _ensure_running(self) -> None:
+        if self._state == "created":
+            self.initialize()
+        elif self._state != "running":
+            raise OrchestratorClosedError(
+                f"orchestrator {self.config.name!r} is shut down and takes no new tasks"
+            )
+
+    # ----------------------------------------------------------------- reading back
+
+    def get_task_status(self, task_id: str) -> TaskStatus:
+        """The task's current status."""
+        return self._record(task_id).status
+
+    def get_result(self, task_id: str) -> TaskResult | None:
+        """The task's final result, or None while it is queued or running."""
+        return self._record(task_id).result
+
+    def wait(self, task_id: str, timeout: float | None = None) -> TaskResult:
+        """Block until the task is final and return its result.
+
+        Raises:
+            TimeoutError: the task is not final after ``timeout`` seconds (it keeps running).
+            TaskNotFoundError: unknown id.
+        """
+        record = self._record(task_id)
+        if not record.done.wait(timeout):
+            raise TimeoutError(f"task {task_id} is not final after {timeout} s (status {record.status})")
+        assert record.result is not None
+        return record.result
+
+    async def wait_async(self, task_id: str, timeout: float | None = None) -> TaskResult:
+        """Await the task's final result without blocking the event loop.
+
+        Raises:
+            TimeoutError: the task is not final after ``timeout`` seconds (it keeps running).
+            TaskNotFoundError: unknown id.
+        """
+        record = self._record(task_id)
+        if record.result is not None:
+            return record.result
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[TaskResult] = loop.create_future()
+
+        def resolve(result: TaskResult) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        def notify(result: TaskResult) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
+                loop.call_soon_threadsafe(resolve, result)
+
+        supervisor = self._supervisor
+        assert supervisor is not None
+        supervisor.call(lambda: supervisor.add_waiter(record, notify))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"task {task_id} is not final after {timeout} s") from None
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a queued or running task; False if it already ended.
+
+        A queued task is removed at once. A running handler gets `workers.TaskCancelled` raised
+        inside it; if it is still running ``timeout_grace`` seconds later its worker is killed.
+        Either way the task ends ``cancelled`` at once.
+        """
+        record = self._record(task_id)
+        supervisor = self._supervisor
+        if supervisor is None or record.result is not None:
+            return False
+        return supervisor.call(lambda: supervisor.cancel(record))
+
+    def get_workers(self) -> list[WorkerInfo]:
+        """A snapshot of every worker process, with its RSS."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            return []
+        rows = supervisor.call(supervisor.worker_rows)
+        return [WorkerInfo(**row, rss_bytes=_rss(row["pid"])) for row in rows]
+
+    def get_status(self) -> OrchestratorStatus:
+        """A snapshot of the pool, the queue and the task counts."""
+        supervisor = self._supervisor
+        if supervisor is None:
+            return OrchestratorStatus(
+                workers=0,
+                busy=0,
+                idle=0,
+                queued=0,
+                running=0,
+                completed=0,
+                failed=0,
+                cancelled=0,
+                max_workers=self.config.max_workers,
+                task_queue_size=self.config.task_queue_size,
+                uptime_s=0.0,
+            )
+        return supervisor.call(supervisor.status)
+
+    def on(self, event: str, callback: Callable[[Any], object]) -> Callable[[], None]:
+        """Call ``callback(event_model)`` for every ``event``; returns a function that unsubscribes.
+
+        Events: task_queued, task_started, task_progress, task_partial, task_completed,
+        task_error, task_cancelled, worker_spawned, worker_exited. Callbacks run on the event
+        thread, in order per task; one that raises is logged and changes nothing else.
+        """
+        return self._bus.on(event, callback)
+
+    def _record(self, task_id: str) -> TaskRecord:
+        try:
+            return self._tasks[task_id]
+        except (KeyError, TypeError):
+            raise TaskNotFoundError(
+                f"no task with id {task_id!r} in orchestrator {self.config.name!r}"
+            ) from None
+
+    def _shutdown_at_exit(self) -> None:
+        if self._state == "running":
+            logger.warning(
+                "orchestrator %r still running at exit: cancelling its tasks (call shutdown() first)",
+                self.config.name,
+            )
+            self.shutdown(wait=True, cancel_pending=True, timeout=0)
+        elif self._state == "closing" and self._supervisor is not None:
+            self._supervisor.thread.join()
+            self._bus.close()
+
+
+def _build_config(config: OrchestratorConfig | None, overrides: dict[str, Any]) -> OrchestratorConfig:
+    if config is not None and not isinstance(config, OrchestratorConfig):
+        raise ConfigError(f"config must be an OrchestratorConfig, not {type(config).__name__}")
+    if config is not None and not overrides:
+        return config
+    fields = config.model_dump(exclude_unset=True) if config is not None else {}
+    try:
+        return OrchestratorConfig(**{**fields, **overrides})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid orchestrator config: {_describe(exc)}") from exc
+
+
+def _validate_spec(spec: TaskSpec | dict[str, Any]) -> TaskSpec:
+    if isinstance(spec, TaskSpec):
+        return spec
+    if not isinstance(spec, dict):
+        raise InvalidTaskError(f"a task spec must be a TaskSpec or a dict, not {type(spec).__name__}")
+    try:
+        return TaskSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise InvalidTaskError(f"invalid task spec: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem: ``field: what is wrong (got value)``."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "spec"
+        got = error.get("input")
+        shown = repr(got) if not isinstance(got, dict) else "{...}"
+        problems.append(f"{where}: {error['msg']} (got {shown[:80]})")
+    return "; ".join(problems)
+
+
+def _rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
+
+
+def _enable_logging() -> None:
+    if not any(getattr(h, "_orchestrator", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler._orchestrator = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    for orchestrator in list(_live):
+        try:
+            orchestrator._shutdown_at_exit()
+        except OrchestratorError:
+            logger.exception("shutting down %r at exit failed", orchestrator)

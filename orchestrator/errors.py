@@ -1,0 +1,48 @@
+"""The exceptions the orchestrator's API raises, all rooted at `OrchestratorError`.
+
+::
+
+    OrchestratorError
+    ├── ConfigError            an OrchestratorConfig that does not validate
+    ├── InvalidTaskError       a task spec that does not validate (also a ValueError)
+    ├── UnknownTaskTypeError   a task type with no handler (also a ValueError)
+    ├── QueueFullError         task_queue_size tasks already wait
+    ├── TaskNotFoundError      an id this orchestrator never issued (also a KeyError)
+    └── OrchestratorClosedError  submit after shutdown
+
+A task that fails is not an exception of the API: its `TaskResult` says so, with a `TaskError`
+whose ``kind`` tells timeout from crash from exception.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error the orchestrator's API raises."""
+
+
+class ConfigError(OrchestratorError, ValueError):
+    """An `OrchestratorConfig` (or override) that does not validate; ``__cause__`` has the details."""
+
+
+class InvalidTaskError(OrchestratorError, ValueError):
+    """A task spec rejected at submit, before anything was queued; the message names the field."""
+
+
+class UnknownTaskTypeError(OrchestratorError, ValueError):
+    """A task whose type is neither built in nor registered through ``handlers``."""
+
+
+class QueueFullError(OrchestratorError):
+    """`submit_task` found ``task_queue_size`` tasks already queued; nothing was queued."""
+
+
+class TaskNotFoundError(OrchestratorError, KeyError):
+    """A task id that this orchestrator never issued."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not found"
+
+
+class OrchestratorClosedError(OrchestratorError):
+    """The orchestrator was shut down (or is shutting down) and takes no new tasks."""

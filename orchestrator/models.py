@@ -1,0 +1,206 @@
+"""What users read back: task results and errors, progress, worker and orchestrator status, events.
+
+All are frozen pydantic models: snapshots that the orchestrator never changes after handing them
+out, so they are safe to keep and to pass between threads.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is: ``queued`` -> ``running`` -> one of the three final states."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for completed, error and cancelled."""
+        return self in _FINAL_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL_STATES = frozenset({TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.CANCELLED})
+
+ErrorKind = Literal[
+    "exception",
+    "timeout",
+    "worker_crashed",
+    "memory_limit",
+    "cancelled",
+    "dependency_failed",
+    "serialization",
+    "rate_limit",
+    "interrupted",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class TaskError(_Frozen):
+    """Why a task did not complete: ``kind`` classifies, ``message`` explains.
+
+    ``traceback`` is the worker's traceback as text (empty when the failure was not an exception
+    in the handler) and ``exception_type`` the name of the exception's class.
+    """
+
+    kind: ErrorKind
+    message: str
+    traceback: str = ""
+    exception_type: str = ""
+
+
+class TaskResult(_Frozen):
+    """The final outcome of a task: its data on success, its `TaskError` otherwise."""
+
+    task_id: str
+    status: TaskStatus
+    success: bool
+    data: Any = None
+    error: TaskError | None = None
+    attempts: int = 0
+    worker_pid: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+
+
+class Progress(_Frozen):
+    """A progress report from a running handler: ``completed`` of ``total`` (None if unknown)."""
+
+    task_id: str
+    completed: float
+    total: float | None = None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        """``completed / total`` clamped to [0, 1], or None when the total is unknown or 0."""
+        if not self.total:
+            return None
+        return max(0.0, min(1.0, self.completed / self.total))
+
+
+WorkerState = Literal["starting", "idle", "busy", "stopping"]
+
+
+class WorkerInfo(_Frozen):
+    """A snapshot of one worker process; ``type`` is None until it runs its first task."""
+
+    worker_id: int
+    pid: int | None
+    type: str | None
+    state: WorkerState
+    current_task: str | None
+    tasks_completed: int
+    rss_bytes: int | None
+    started_at: datetime
+    last_active: datetime
+
+
+class OrchestratorStatus(_Frozen):
+    """A snapshot of the whole orchestrator: pool, queue and cumulative task counts."""
+
+    workers: int
+    busy: int
+    idle: int
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    max_workers: int
+    task_queue_size: int
+    uptime_s: float
+
+
+class Event(_Frozen):
+    """Base of every event delivered to callbacks registered with ``orch.on``."""
+
+    event: str
+    timestamp: datetime
+
+
+class TaskQueuedEvent(Event):
+    """A task was accepted (``task_queued``)."""
+
+    task_id: str
+    type: str
+    priority: int
+
+
+class TaskStartedEvent(Event):
+    """A worker started the task's handler (``task_started``)."""
+
+    task_id: str
+    type: str
+    worker_id: int
+    pid: int | None
+    attempt: int
+
+
+class TaskProgressEvent(Event):
+    """The handler reported progress (``task_progress``)."""
+
+    task_id: str
+    progress: Progress
+
+
+class TaskPartialEvent(Event):
+    """The handler emitted a partial result (``task_partial``); ``index`` counts from 0."""
+
+    task_id: str
+    index: int
+    data: Any
+
+
+class TaskFinishedEvent(Event):
+    """A task reached its final state (``task_completed``, ``task_error``, ``task_cancelled``)."""
+
+    task_id: str
+    result: TaskResult
+
+
+class WorkerSpawnedEvent(Event):
+    """A worker process was started (``worker_spawned``)."""
+
+    worker_id: int
+    pid: int | None
+
+
+class WorkerExitedEvent(Event):
+    """A worker process ended (``worker_exited``); ``reason`` says why, ``exitcode`` how."""
+
+    worker_id: int
+    pid: int | None
+    type: str | None
+    reason: str
+    exitcode: int | None
+
+
+EVENT_NAMES = frozenset(
+    {
+        "task_queued",
+        "task_started",
+        "task_progress",
+        "task_partial",
+        "task_completed",
+        "task_error",
+        "task_cancelled",
+        "worker_spawned",
+        "worker_exited",
+    }
+)

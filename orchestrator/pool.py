@@ -1,0 +1,202 @@
+"""Worker processes: spawning, the host's handle on each, and killing whole process trees.
+
+This module knows nothing of tasks; the supervisor decides when a worker starts, what it runs and
+when it goes. The fork server that ``forkserver`` workers come from is shared by the whole host
+process; it is started with the ``workers`` package preloaded, so a new worker is a cheap fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing import forkserver, resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Final
+
+import psutil
+
+from orchestrator.config import StartMethod
+from orchestrator.errors import OrchestratorError
+from orchestrator.scheduler import Timer
+from workers import protocol
+from workers.runtime import worker_main
+
+logger = logging.getLogger(__name__)
+
+# Modules the fork server imports once, so that each forked worker starts with them loaded.
+FORKSERVER_PRELOAD: Final = ["workers.runtime", "workers.registry", "msgpack"]
+
+MAIN_GUARD_HELP: Final = (
+    "this script was imported again by a worker process while it started, and it created an "
+    "orchestrator at import time. With the 'forkserver' and 'spawn' start methods, every worker "
+    "imports the host's main module: put the code that creates the orchestrator under "
+    "`if __name__ == \"__main__\":`, or use start_method='fork'"
+)
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The host's view of one worker process. Owned and mutated by the supervisor thread only."""
+
+    worker_id: int
+    process: BaseProcess
+    conn: Connection
+    type: str | None = None
+    state: str = "starting"
+    current_task: str | None = None
+    pending: protocol.RunTask | None = None
+    tasks_completed: int = 0
+    started_at: float = field(default_factory=time.time)
+    last_active: float = field(default_factory=time.time)
+    exit_reason: str | None = None
+    timer: Timer | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid (None only before the process started)."""
+        return self.process.pid
+
+    @property
+    def sentinel(self) -> int:
+        """A handle that becomes ready when the process ends (for ``connection.wait``)."""
+        return self.process.sentinel
+
+    def send(self, msg: protocol.Message) -> bool:
+        """Send one message; False if the worker's pipe is already broken (it is dying)."""
+        try:
+            self.conn.send_bytes(protocol.encode(msg))
+        except OSError:
+            return False
+        return True
+
+
+class WorkerPool:
+    """Starts worker processes with the configured start method and kills them when told."""
+
+    def __init__(self, start_method: StartMethod) -> None:
+        check_not_reimported_main()
+        self._start_method = start_method
+        self._context: Any = multiprocessing.get_context(start_method)
+        self._uses_forkserver = start_method == "forkserver"
+        if self._uses_forkserver:
+            _forkserver_lease.acquire()
+
+    def spawn(self, worker_id: int) -> WorkerHandle:
+        """Start one worker process; it says Hello on its pipe once it is ready for tasks."""
+        host_end, worker_end = self._context.Pipe(duplex=True)
+        # Under fork the child inherits the host's end of its own pipe; it closes it by number.
+        host_fd = host_end.fileno() if self._start_method == "fork" else -1
+        process = self._context.Process(
+            target=worker_main,
+            args=(worker_end, worker_id, os.getpid(), host_fd),
+            name=f"orch-worker-{worker_id}",
+        )
+        process.start()
+        worker_end.close()
+        logger.debug("spawned worker %d (pid %s)", worker_id, process.pid)
+        return WorkerHandle(worker_id, process, host_end)
+
+    def close(self) -> None:
+        """Release this pool's share of the fork server (stopped when no pool of ours uses it)."""
+        if self._uses_forkserver:
+            self._uses_forkserver = False
+            _forkserver_lease.release()
+
+
+def kill_process_tree(pid: int | None) -> None:
+    """SIGKILL a worker and every process below it, children first, ignoring those already gone."""
+    if pid is None:
+        return
+    try:
+        root = psutil.Process(pid)
+        victims = [*reversed(root.children(recursive=True)), root]
+    except psutil.Error:
+        return
+    for victim in victims:
+        with contextlib.suppress(psutil.Error):
+            victim.kill()
+
+
+def exit_reason_of(exitcode: int | None) -> str:
+    """A readable form of a process exit code: ``EXIT(3)``, ``SIGKILL``, ``SIGSEGV``..."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        import signal
+
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"EXIT({exitcode})"
+
+
+def check_not_reimported_main() -> None:
+    """Raise `OrchestratorError` when a worker's start-up is re-running the host's main script."""
+    main = sys.modules.get("__main__")
+    inheriting = getattr(multiprocessing.current_process(), "_inheriting", False)
+    if inheriting or getattr(main, "__name__", "__main__") == "__mp_main__":
+        raise OrchestratorError(MAIN_GUARD_HELP)
+
+
+class _ForkserverLease:
+    """Counts this process's pools on the fork server; the last one out stops what we started.
+
+    The fork server and the resource tracker it starts are per-process singletons of
+    multiprocessing. Left running, they would outlive every orchestrator as child processes of
+    the host. They are stopped only if an orchestrator started them and nothing else forked
+    from the server still runs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._started_forkserver = False
+        self._started_tracker = False
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._started_forkserver = _forkserver_pid() is None
+                self._started_tracker = _tracker_pid() is None
+                if self._started_forkserver:
+                    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users > 0 or not self._started_forkserver:
+                return
+            server = _forkserver_pid()
+            if server is not None and _has_children(server):
+                return
+            forkserver._forkserver._stop()  # type: ignore[attr-defined]
+            if self._started_tracker and _tracker_pid() is not None:
+                resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+            logger.debug("stopped the fork server this orchestrator started")
+
+
+def _forkserver_pid() -> int | None:
+    return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined,no-any-return]
+
+
+def _tracker_pid() -> int | None:
+    return resource_tracker._resource_tracker._pid  # type: ignore[attr-defined,no-any-return]
+
+
+def _has_children(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).children())
+    except psutil.Error:
+        return False
+
+
+_forkserver_lease = _ForkserverLease()

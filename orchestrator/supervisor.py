@@ -1,0 +1,841 @@
+"""The supervisor: the one thread that owns every task's and every worker's mutable state.
+
+::
+
+    caller threads                supervisor thread                     worker processes
+    --------------                -----------------                     ----------------
+    submit_task ──command──▶ wake-up pipe ─┐
+    cancel / status ─call──▶               ├─ wait() ◀── pipes: Hello, Started, Progress, Done
+                                           │         ◀── sentinels: a worker died
+                                           │         ◀── timers: timeout, grace, idle, limits
+                                           ├─ dispatch_ready_tasks ──RunTask / StopTask──▶
+                                           └─ events ──▶ EventBus thread ──▶ user callbacks
+
+Public methods never touch this state: they post commands (``post``/``call``) that run here, in
+order, between waits. Messages are drained before deaths are handled, so a worker that sent its
+result and then exited is not a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.connection import wait
+from typing import Any, Final, TypeVar, cast
+
+import psutil
+
+from orchestrator.config import OrchestratorConfig, TaskSpec
+from orchestrator.errors import OrchestratorClosedError
+from orchestrator.events import Callback, EventBus, call_each
+from orchestrator.models import (
+    ErrorKind,
+    OrchestratorStatus,
+    Progress,
+    TaskError,
+    TaskFinishedEvent,
+    TaskPartialEvent,
+    TaskProgressEvent,
+    TaskQueuedEvent,
+    TaskResult,
+    TaskStartedEvent,
+    TaskStatus,
+    WorkerExitedEvent,
+    WorkerSpawnedEvent,
+)
+from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of, kill_process_tree
+from orchestrator.scheduler import ReadyQueue, Timer, Timers
+from workers import protocol
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A worker told to exit gets this long before it is killed.
+STOP_TIMEOUT: Final = 3.0
+# Workers that die before saying Hello this many times in a row stop the pool from respawning
+# on its own (min_workers, fixed pools); each task still gets its own attempt and error.
+MAX_START_FAILURES: Final = 3
+# How often busy workers' RSS is compared with max_memory_mb.
+RESOURCE_CHECK_INTERVAL: Final = 0.5
+
+_FINAL_EVENT: Final = {
+    TaskStatus.COMPLETED: "task_completed",
+    TaskStatus.ERROR: "task_error",
+    TaskStatus.CANCELLED: "task_cancelled",
+}
+
+
+@dataclass(eq=False, slots=True)
+class TaskRecord:
+    """A task as the host tracks it. Created by `submit_task`, then mutated by the supervisor only.
+
+    Caller threads read ``status`` and ``result`` (single attribute reads) and wait on ``done``.
+    """
+
+    task_id: str
+    seq: int
+    spec: TaskSpec
+    handler: str
+    on_progress: Callable[[Progress], object] | None = None
+    on_complete: Callable[[TaskResult], object] | None = None
+    on_error: Callable[[TaskResult], object] | None = None
+    status: TaskStatus = TaskStatus.QUEUED
+    result: TaskResult | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    attempts: int = 0
+    worker: WorkerHandle | None = None
+    worker_pid: int | None = None
+    started_at: float | None = None
+    timer: Timer | None = None
+    partials: int = 0
+    waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
+
+
+def _utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+class Supervisor:
+    """Runs the scheduling loop on its own thread; see the module docstring for the data flow."""
+
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        tasks: dict[str, TaskRecord],
+        queue_slots: threading.Semaphore,
+        bus: EventBus,
+        pool: WorkerPool,
+    ) -> None:
+        self._config = config
+        self._tasks = tasks
+        self._queue_slots = queue_slots
+        self._bus = bus
+        self._pool = pool
+        self._ready = ReadyQueue()
+        self._timers = Timers()
+        self._workers: dict[int, WorkerHandle] = {}
+        self._idle: dict[str | None, list[WorkerHandle]] = {}
+        self._waitables: dict[Any, WorkerHandle] = {}
+        self._running_by_type: dict[str, int] = {}
+        self._counts = dict.fromkeys(TaskStatus, 0)
+        self._next_worker_id = 1
+        self._start_failures = 0
+        self._closing = False
+        self._memory_timer: Timer | None = None
+        self._started = time.monotonic()
+        self._commands: deque[Callable[[], None]] = deque()
+        self._commands_lock = threading.Lock()
+        self._exited = False
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_r, False)
+        os.set_blocking(self._wakeup_w, False)
+        self._wakeup_pending = False
+        self.thread = threading.Thread(target=self._run, name=f"orch-supervisor-{config.name}", daemon=True)
+
+    # ----------------------------------------------------------------- commands (any thread)
+
+    def post(self, command: Callable[[], None]) -> None:
+        """Run ``command`` on the supervisor thread soon; raise if the supervisor has exited."""
+        with self._commands_lock:
+            if self._exited:
+                raise OrchestratorClosedError("the orchestrator has shut down")
+            self._commands.append(command)
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+                os.write(self._wakeup_w, b"\0")
+
+    def call(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the supervisor thread and return its result (inline once it exited)."""
+        if threading.current_thread() is self.thread:
+            return function()
+        future: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(function())
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                future.set_exception(exc)
+
+        try:
+            self.post(run)
+        except OrchestratorClosedError:
+            self.thread.join()
+            return function()
+        return future.result()
+
+    # ----------------------------------------------------------------- the loop
+
+    def _run(self) -> None:
+        try:
+            self._replenish_workers()
+            while not self._finished():
+                self._dispatch_ready_tasks()
+                timeout = self._timers.time_to_next(time.monotonic())
+                ready = wait([self._wakeup_r, *self._waitables], timeout)
+                self._handle_ready(ready)
+                self._fire_due_timers()
+        except BaseException:
+            logger.critical("supervisor failed; killing workers and failing open tasks", exc_info=True)
+            raise
+        finally:
+            self._close_down()
+
+    def _finished(self) -> bool:
+        return (
+            self._closing
+            and not self._workers
+            and not self._commands
+            and self._counts[TaskStatus.QUEUED] == 0
+            and self._counts[TaskStatus.RUNNING] == 0
+        )
+
+    def _handle_ready(self, ready: list[Any]) -> None:
+        deaths = []
+        for item in ready:
+            worker = self._waitables.get(item)
+            if worker is None:
+                continue
+            if item is worker.conn:
+                self._drain(worker)
+            else:
+                deaths.append(worker)
+        for worker in deaths:
+            self._reap(worker)
+        self._run_commands()
+
+    def _run_commands(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self._wakeup_pending = False
+        while self._commands:
+            self._commands.popleft()()
+
+    def _fire_due_timers(self) -> None:
+        for timer in self._timers.pop_due(time.monotonic()):
+            timer.action(*timer.args)
+
+    # ----------------------------------------------------------------- accepting work
+
+    def accept(self, record: TaskRecord) -> None:
+        """Take a newly submitted task into the queue (its queue slot is already held)."""
+        self._counts[TaskStatus.QUEUED] += 1
+        self._ready.push(record.spec.type, record.spec.priority, record.seq, record.task_id)
+        listeners = self._bus.listeners("task_queued")
+        if listeners:
+            event = TaskQueuedEvent.model_construct(
+                event="task_queued",
+                timestamp=datetime.now(UTC),
+                task_id=record.task_id,
+                type=record.spec.type,
+                priority=record.spec.priority,
+            )
+            self._bus.post(record.task_id, call_each, listeners, event, "task_queued")
+
+    def _dispatch_ready_tasks(self) -> None:
+        if not self._ready:
+            return
+        blocked: set[str] = set()
+
+        def may_run(task_type: str) -> bool:
+            return task_type not in blocked and self._has_capacity(task_type)
+
+        while self._ready:
+            best = self._ready.peek_best(may_run)
+            if best is None:
+                return
+            task_type, task_id = best
+            worker = self._worker_for(task_type)
+            if worker is None:
+                blocked.add(task_type)
+                continue
+            self._ready.pop(task_type)
+            self._assign(self._tasks[task_id], worker)
+        self._retire_unneeded_workers()
+
+    def _has_capacity(self, task_type: str) -> bool:
+        cap = self._config.worker_type_limits.get(task_type)
+        return cap is None or self._running_by_type.get(task_type, 0) < cap
+
+    def _worker_for(self, task_type: str) -> WorkerHandle | None:
+        for key in (task_type, None):
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+        if len(self._workers) < self._config.max_workers:
+            return self._spawn_worker()
+        self._make_room()
+        return None
+
+    def _make_room(self) -> None:
+        """Retire the least recently used idle worker of another type, one at a time."""
+        if any(w.exit_reason == "retired" for w in self._workers.values()):
+            return
+        candidates = [w for key, idle in self._idle.items() if key is not None for w in idle]
+        if candidates:
+            self._retire(min(candidates, key=lambda w: w.last_active), "retired")
+
+    def _assign(self, record: TaskRecord, worker: WorkerHandle) -> None:
+        spec = record.spec
+        self._queue_slots.release()
+        Timers.cancel(worker.timer)
+        worker.type = spec.type
+        worker.current_task = record.task_id
+        record.worker = worker
+        record.attempts += 1
+        self._running_by_type[spec.type] = self._running_by_type.get(spec.type, 0) + 1
+        msg = protocol.RunTask(
+            record.task_id,
+            spec.type,
+            record.handler,
+            spec.description,
+            spec.packed_config,
+            _EMPTY_DEPS,
+            record.attempts,
+        )
+        if worker.state == "starting":
+            worker.pending = msg
+        else:
+            worker.state = "busy"
+            worker.send(msg)
+
+    # ----------------------------------------------------------------- worker messages
+
+    def _drain(self, worker: WorkerHandle) -> None:
+        conn = worker.conn
+        try:
+            while conn.poll():
+                self._handle_message(worker, protocol.decode(conn.recv_bytes()))
+        except (EOFError, OSError):
+            self._waitables.pop(conn, None)
+        except protocol.ProtocolError:
+            logger.exception("worker %d sent an undecodable frame; killing it", worker.worker_id)
+            self._kill(worker, "crashed")
+
+    def _handle_message(self, worker: WorkerHandle, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.TaskDone | protocol.TaskFailed):
+            self._on_task_reply(worker, msg)
+        elif isinstance(msg, protocol.TaskProgress):
+            self._on_progress(worker, msg)
+        elif isinstance(msg, protocol.TaskPartial):
+            self._on_partial(worker, msg)
+        elif isinstance(msg, protocol.TaskStarted):
+            self._on_started(worker, msg.task_id)
+        elif isinstance(msg, protocol.Hello):
+            self._on_hello(worker)
+
+    def _on_hello(self, worker: WorkerHandle) -> None:
+        self._start_failures = 0
+        if worker.state != "starting":
+            return
+        if worker.pending is not None:
+            worker.state = "busy"
+            worker.send(worker.pending)
+            worker.pending = None
+        else:
+            self._make_idle(worker)
+
+    def _active_record(self, worker: WorkerHandle, task_id: str) -> TaskRecord | None:
+        """The task's record if it is still this worker's and not final (else a late message)."""
+        record = self._tasks.get(task_id)
+        if record is None or record.worker is not worker or record.result is not None:
+            return None
+        return record
+
+    def _on_started(self, worker: WorkerHandle, task_id: str) -> None:
+        record = self._active_record(worker, task_id)
+        if record is None:
+            return
+        record.status = TaskStatus.RUNNING
+        self._counts[TaskStatus.QUEUED] -= 1
+        self._counts[TaskStatus.RUNNING] += 1
+        record.started_at = time.time()
+        record.worker_pid = worker.pid
+        worker.last_active = record.started_at
+        timeout = record.spec.timeout or self._config.default_task_timeout
+        if timeout is not None:
+            record.timer = self._timers.schedule(
+                time.monotonic() + timeout, self._on_timeout, record, timeout
+            )
+        self._watch_memory()
+        listeners = self._bus.listeners("task_started")
+        if listeners:
+            event = TaskStartedEvent.model_construct(
+                event="task_started",
+                timestamp=datetime.now(UTC),
+                task_id=task_id,
+                type=record.spec.type,
+                worker_id=worker.worker_id,
+                pid=worker.pid,
+                attempt=record.attempts,
+            )
+            self._bus.post(task_id, call_each, listeners, event, "task_started")
+
+    def _on_progress(self, worker: WorkerHandle, msg: protocol.TaskProgress) -> None:
+        record = self._active_record(worker, msg.task_id)
+        if record is None:
+            return
+        listeners = self._bus.listeners("task_progress")
+        if listeners or record.on_progress is not None:
+            self._bus.post(
+                msg.task_id,
+                _deliver_progress,
+                record.on_progress,
+                listeners,
+                Progress.model_construct(
+                    task_id=msg.task_id,
+                    completed=msg.completed,
+                    total=msg.total,
+                    message=msg.message,
+                ),
+                coalescible=True,
+            )
+
+    def _on_partial(self, worker: WorkerHandle, msg: protocol.TaskPartial) -> None:
+        record = self._active_record(worker, msg.task_id)
+        if record is None:
+            return
+        try:
+            data = protocol.unpack_payload(msg.data)
+        except protocol.PayloadError as exc:
+            self._fail(record, "serialization", f"a partial result {exc}")
+            return
+        index = record.partials
+        record.partials += 1
+        listeners = self._bus.listeners("task_partial")
+        if listeners:
+            event = TaskPartialEvent.model_construct(
+                event="task_partial",
+                timestamp=datetime.now(UTC),
+                task_id=msg.task_id,
+                index=index,
+                data=data,
+            )
+            self._bus.post(msg.task_id, call_each, listeners, event, "task_partial", partial=True)
+
+    def _on_task_reply(self, worker: WorkerHandle, msg: protocol.TaskDone | protocol.TaskFailed) -> None:
+        record = self._active_record(worker, msg.task_id)
+        if record is not None:
+            if isinstance(msg, protocol.TaskDone):
+                self._complete(record, msg.data)
+            else:
+                self._fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type)
+        if worker.current_task == msg.task_id:
+            self._release(worker)
+
+    def _complete(self, record: TaskRecord, packed: bytes) -> None:
+        try:
+            data = protocol.unpack_payload(packed)
+        except protocol.PayloadError as exc:
+            self._fail(record, "serialization", f"the handler's result {exc}")
+            return
+        self._finish(record, TaskStatus.COMPLETED, data=data)
+
+    def _release(self, worker: WorkerHandle) -> None:
+        """The worker's task is over: recycle it, or make it idle for the next task."""
+        Timers.cancel(worker.timer)
+        worker.current_task = None
+        worker.tasks_completed += 1
+        worker.last_active = time.time()
+        limit = self._config.max_tasks_per_worker
+        if limit is not None and worker.tasks_completed >= limit:
+            self._retire(worker, "recycled")
+        else:
+            self._make_idle(worker)
+
+    def _make_idle(self, worker: WorkerHandle) -> None:
+        worker.state = "idle"
+        self._idle.setdefault(worker.type, []).append(worker)
+        if self._closing:
+            self._retire_unneeded_workers()
+        elif self._config.enable_auto_scaling:
+            worker.timer = self._timers.schedule(
+                time.monotonic() + self._config.idle_timeout, self._on_idle_timeout, worker
+            )
+
+    # ----------------------------------------------------------------- finishing tasks
+
+    def _fail(
+        self, record: TaskRecord, kind: str, message: str, traceback: str = "", exception_type: str = ""
+    ) -> None:
+        error = TaskError.model_construct(
+            kind=cast(ErrorKind, kind), message=message, traceback=traceback, exception_type=exception_type
+        )
+        status = TaskStatus.CANCELLED if kind == "cancelled" else TaskStatus.ERROR
+        self._finish(record, status, error=error)
+
+    def _finish(
+        self,
+        record: TaskRecord,
+        status: TaskStatus,
+        data: Any = None,
+        error: TaskError | None = None,
+    ) -> None:
+        """Record the task's final result once, then tell waiters, callbacks and listeners."""
+        previous = record.status
+        self._counts[previous] -= 1
+        self._counts[status] += 1
+        if record.worker is None and previous is TaskStatus.QUEUED:
+            self._queue_slots.release()
+        elif record.worker is not None:
+            self._running_by_type[record.spec.type] -= 1
+        Timers.cancel(record.timer)
+        finished = time.time()
+        started = record.started_at
+        result = TaskResult.model_construct(
+            task_id=record.task_id,
+            status=status,
+            success=status is TaskStatus.COMPLETED,
+            data=data,
+            error=error,
+            attempts=record.attempts,
+            worker_pid=record.worker_pid,
+            started_at=_utc(started),
+            finished_at=_utc(finished),
+            duration_s=None if started is None else finished - started,
+        )
+        record.status = status
+        record.result = result
+        record.done.set()
+        for notify in record.waiters:
+            notify(result)
+        record.waiters.clear()
+        self._announce_final(record, result)
+
+    def _announce_final(self, record: TaskRecord, result: TaskResult) -> None:
+        name = _FINAL_EVENT[result.status]
+        listeners = self._bus.listeners(name)
+        callback = record.on_complete if result.success else record.on_error
+        if listeners or callback is not None:
+            self._bus.post(record.task_id, _deliver_final, callback, listeners, name, result)
+
+    def add_waiter(self, record: TaskRecord, notify: Callable[[TaskResult], None]) -> None:
+        """Call ``notify(result)`` (on this thread: it must not block) once the task is final."""
+        if record.result is not None:
+            notify(record.result)
+        else:
+            record.waiters.append(notify)
+
+    def cancel(self, record: TaskRecord, message: str = "cancelled") -> bool:
+        """Cancel a queued or running task; False if it is already final."""
+        if record.result is not None:
+            return False
+        if record.worker is None:
+            self._ready.remove(record.task_id)
+            self._fail(record, "cancelled", f"{message} while queued")
+        else:
+            self._stop(record, "cancelled", f"{message} while running")
+        return True
+
+    def _stop(self, record: TaskRecord, reason: str, message: str) -> None:
+        """End a dispatched task now, ask its handler to stop, and kill it if it does not."""
+        worker = record.worker
+        self._fail(record, reason, message)
+        if worker is None or worker.current_task != record.task_id:
+            return
+        worker.send(protocol.StopTask(record.task_id, reason))
+        worker.timer = self._timers.schedule(
+            time.monotonic() + self._config.timeout_grace,
+            self._on_grace_expired,
+            worker,
+            record.task_id,
+            reason,
+        )
+
+    def _on_timeout(self, record: TaskRecord, timeout: float) -> None:
+        if record.result is None:
+            self._stop(record, "timeout", f"the task ran past its timeout of {timeout:g} s")
+
+    def _on_grace_expired(self, worker: WorkerHandle, task_id: str, reason: str) -> None:
+        if worker.current_task == task_id and worker.worker_id in self._workers:
+            logger.warning("worker %d ignored a stop request for %s; killing it", worker.worker_id, task_id)
+            self._kill(worker, reason)
+
+    # ----------------------------------------------------------------- worker lifecycle
+
+    def _spawn_worker(self) -> WorkerHandle:
+        worker = self._pool.spawn(self._next_worker_id)
+        self._next_worker_id += 1
+        self._workers[worker.worker_id] = worker
+        self._waitables[worker.conn] = worker
+        self._waitables[worker.sentinel] = worker
+        listeners = self._bus.listeners("worker_spawned")
+        if listeners:
+            event = WorkerSpawnedEvent.model_construct(
+                event="worker_spawned",
+                timestamp=datetime.now(UTC),
+                worker_id=worker.worker_id,
+                pid=worker.pid,
+            )
+            self._bus.post(None, call_each, listeners, event, "worker_spawned")
+        return worker
+
+    def _replenish_workers(self) -> None:
+        """Keep min_workers (all max_workers in a fixed pool) processes, untyped until used."""
+        floor = self._config.max_workers if not self._config.enable_auto_scaling else self._config.min_workers
+        while not self._closing and len(self._workers) < floor and self._start_failures < MAX_START_FAILURES:
+            self._idle.setdefault(None, []).append(self._spawn_worker())
+
+    def _retire(self, worker: WorkerHandle, reason: str) -> None:
+        """Ask a worker without a task to exit; it is killed if it has not after STOP_TIMEOUT."""
+        self._forget_idle(worker)
+        Timers.cancel(worker.timer)
+        worker.state = "stopping"
+        worker.exit_reason = reason
+        worker.send(protocol.Shutdown())
+        worker.timer = self._timers.schedule(time.monotonic() + STOP_TIMEOUT, self._kill, worker, reason)
+        logger.debug("retiring worker %d (%s)", worker.worker_id, reason)
+
+    def _kill(self, worker: WorkerHandle, reason: str) -> None:
+        if worker.worker_id not in self._workers:
+            return
+        self._forget_idle(worker)
+        worker.state = "stopping"
+        worker.exit_reason = reason
+        kill_process_tree(worker.pid)
+        logger.debug("killed worker %d (%s)", worker.worker_id, reason)
+
+    def _forget_idle(self, worker: WorkerHandle) -> None:
+        idle = self._idle.get(worker.type)
+        if idle and worker in idle:
+            idle.remove(worker)
+
+    def _on_idle_timeout(self, worker: WorkerHandle) -> None:
+        busy_or_gone = worker.state != "idle" or worker.worker_id not in self._workers
+        if busy_or_gone or len(self._workers) <= self._config.min_workers:
+            return
+        self._retire(worker, "idle")
+
+    def _reap(self, worker: WorkerHandle) -> None:
+        """A worker's process ended: fail its task if it had one, forget it, replace it if needed."""
+        self._drain(worker)
+        worker.process.join()
+        exitcode = worker.process.exitcode
+        Timers.cancel(worker.timer)
+        self._forget_idle(worker)
+        self._workers.pop(worker.worker_id, None)
+        self._waitables.pop(worker.conn, None)
+        self._waitables.pop(worker.sentinel, None)
+        worker.conn.close()
+        never_started = worker.state == "starting"
+        if never_started:
+            self._start_failures += 1
+        reason = worker.exit_reason or "crashed"
+        self._fail_task_of_dead_worker(worker, reason, exitcode, never_started)
+        logger.debug(
+            "worker %d (pid %s) exited: %s, %s",
+            worker.worker_id,
+            worker.pid,
+            reason,
+            exit_reason_of(exitcode),
+        )
+        listeners = self._bus.listeners("worker_exited")
+        if listeners:
+            event = WorkerExitedEvent.model_construct(
+                event="worker_exited",
+                timestamp=datetime.now(UTC),
+                worker_id=worker.worker_id,
+                pid=worker.pid,
+                type=worker.type,
+                reason=reason,
+                exitcode=exitcode,
+            )
+            self._bus.post(None, call_each, listeners, event, "worker_exited")
+        self._replenish_workers()
+
+    def _fail_task_of_dead_worker(
+        self, worker: WorkerHandle, reason: str, exitcode: int | None, never_started: bool
+    ) -> None:
+        record = self._tasks.get(worker.current_task) if worker.current_task else None
+        if record is None or record.result is not None:
+            return
+        how = exit_reason_of(exitcode)
+        if never_started:
+            message = (
+                f"worker pid {worker.pid} exited during start-up ({how}); see its stderr. "
+                'A common cause: the host script lacks `if __name__ == "__main__":`'
+            )
+        else:
+            message = f"worker pid {worker.pid} died while running the task ({how})"
+        self._fail(record, "worker_crashed", message)
+
+    # ----------------------------------------------------------------- limits
+
+    def _watch_memory(self) -> None:
+        if self._config.max_memory_mb is None or self._memory_timer is not None:
+            return
+        self._memory_timer = self._timers.schedule(
+            time.monotonic() + RESOURCE_CHECK_INTERVAL, self._enforce_memory_limit
+        )
+
+    def _enforce_memory_limit(self) -> None:
+        self._memory_timer = None
+        limit = self._config.max_memory_mb
+        busy = [w for w in self._workers.values() if w.state == "busy" and w.current_task]
+        if limit is None or not busy:
+            return
+        for worker in busy:
+            rss = _tree_rss(worker.pid)
+            if rss is not None and rss > limit * 1024 * 1024:
+                record = self._tasks.get(worker.current_task or "")
+                if record is not None and record.result is None:
+                    self._fail(
+                        record,
+                        "memory_limit",
+                        f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}",
+                    )
+                self._kill(worker, "memory_limit")
+        self._watch_memory()
+
+    # ----------------------------------------------------------------- shutdown
+
+    def begin_shutdown(self, cancel_pending: bool, deadline: float | None) -> None:
+        """Take no new work; cancel the queue if asked; at ``deadline``, cancel and kill the rest."""
+        self._closing = True
+        if cancel_pending:
+            self._cancel_all(TaskStatus.QUEUED, "cancelled by shutdown(cancel_pending=True)")
+        if deadline is not None:
+            self._timers.schedule(deadline, self._on_shutdown_deadline)
+        self._retire_unneeded_workers()
+
+    def _cancel_all(self, status: TaskStatus, message: str) -> None:
+        for record in [r for r in self._tasks.values() if r.status is status and r.result is None]:
+            self.cancel(record, message)
+
+    def _on_shutdown_deadline(self) -> None:
+        self._cancel_all(TaskStatus.QUEUED, "cancelled: shutdown timed out before the task ran")
+        self._cancel_all(TaskStatus.RUNNING, "cancelled: shutdown timed out while the task ran")
+        for worker in list(self._workers.values()):
+            if worker.current_task is not None:
+                self._kill(worker, "shutdown")
+
+    def _retire_unneeded_workers(self) -> None:
+        """While closing, once nothing is left to dispatch, every worker without a task exits."""
+        if not self._closing or self._ready:
+            return
+        for worker in list(self._workers.values()):
+            if worker.state in ("idle", "starting") and worker.current_task is None:
+                self._retire(worker, "shutdown")
+
+    def _close_down(self) -> None:
+        """The loop ended (normally or not): no worker, command or open task may be left behind."""
+        with self._commands_lock:
+            self._exited = True
+            leftover = list(self._commands)
+            self._commands.clear()
+        for command in leftover:
+            try:
+                command()
+            except Exception:
+                logger.exception("command left at shutdown failed")
+        for worker in list(self._workers.values()):
+            kill_process_tree(worker.pid)
+            worker.process.join(STOP_TIMEOUT)
+            worker.conn.close()
+        self._workers.clear()
+        for record in list(self._tasks.values()):
+            if record.result is None:
+                self._fail(record, "cancelled", "the orchestrator shut down before the task finished")
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+        self._pool.close()
+        self._bus.close(wait=False)
+
+    # ----------------------------------------------------------------- snapshots
+
+    def status(self) -> OrchestratorStatus:
+        """Counts of workers and tasks, as of now."""
+        states = [w.state for w in self._workers.values()]
+        return OrchestratorStatus(
+            workers=len(states),
+            busy=states.count("busy"),
+            idle=states.count("idle"),
+            queued=self._counts[TaskStatus.QUEUED],
+            running=self._counts[TaskStatus.RUNNING],
+            completed=self._counts[TaskStatus.COMPLETED],
+            failed=self._counts[TaskStatus.ERROR],
+            cancelled=self._counts[TaskStatus.CANCELLED],
+            max_workers=self._config.max_workers,
+            task_queue_size=self._config.task_queue_size,
+            uptime_s=time.monotonic() - self._started,
+        )
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        """The fields of every worker (without RSS, which the caller measures off this thread)."""
+        return [
+            {
+                "worker_id": w.worker_id,
+                "pid": w.pid,
+                "type": w.type,
+                "state": w.state,
+                "current_task": w.current_task,
+                "tasks_completed": w.tasks_completed,
+                "started_at": _utc(w.started_at),
+                "last_active": _utc(w.last_active),
+            }
+            for w in self._workers.values()
+        ]
+
+
+_EMPTY_DEPS: Final = protocol.pack_payload({})
+
+
+def _tree_rss(pid: int | None) -> int | None:
+    """RSS of a worker plus its children (a handler's subprocesses count against its limit)."""
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        total: int = root.memory_info().rss
+        for child in root.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+    except psutil.Error:
+        return None
+
+
+def _deliver_progress(
+    callback: Callable[[Progress], object] | None,
+    listeners: tuple[Callback, ...],
+    progress: Progress,
+) -> None:
+    if callback is not None:
+        call_each((callback,), progress, "on_progress")
+    if listeners:
+        event = TaskProgressEvent.model_construct(
+            event="task_progress",
+            timestamp=datetime.now(UTC),
+            task_id=progress.task_id,
+            progress=progress,
+        )
+        call_each(listeners, event, "task_progress")
+
+
+def _deliver_final(
+    callback: Callable[[TaskResult], object] | None,
+    listeners: tuple[Callback, ...],
+    name: str,
+    result: TaskResult,
+) -> None:
+    if listeners:
+        event = TaskFinishedEvent.model_construct(
+            event=name, timestamp=datetime.now(UTC), task_id=result.task_id, result=result
+        )
+        call_each(listeners, event, name)
+    if callback is not None:
+        call_each((callback,), result, "on_complete" if result.success else "on_error")

@@ -1,0 +1,11 @@
+"""The worker side of parallel-orchestrator: what runs inside a worker process.
+
+Handlers receive a `TaskContext`; a stop request raises `TaskCancelled` (or its subclass
+`TaskTimeout`) inside them. Nothing here imports the host side, so a worker starts light.
+"""
+
+from workers.context import TaskCancelled as TaskCancelled
+from workers.context import TaskContext as TaskContext
+from workers.context import TaskTimeout as TaskTimeout
+
+__all__ = ["TaskCancelled", "TaskContext", "TaskTimeout"]

@@ -1,0 +1,173 @@
+"""Wire messages between the host and its workers: msgpack frames on a multiprocessing pipe.
+
+This is the only module both sides share. Each message is a slotted dataclass; on the wire it is
+a msgpack array ``[tag, field, ...]`` framed by ``Connection.send_bytes``. User data (a task's
+config, a partial or final result) travels as an already-packed ``bytes`` field, so a result the
+host cannot decode is reported against its task as a ``serialization`` error instead of breaking
+the pipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Final
+
+import msgpack
+
+PROTOCOL_VERSION: Final = 1
+
+
+class ProtocolError(Exception):
+    """A frame that is not a message of this protocol version."""
+
+
+class PayloadError(ValueError):
+    """User data that msgpack cannot carry (a set, an object, an integer beyond 64 bits...)."""
+
+
+def pack_payload(value: Any) -> bytes:
+    """Pack user data; raise `PayloadError` naming the offending type when msgpack cannot."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PayloadError(
+            f"not msgpack-serialisable: {exc}; use dicts with str keys, lists, str, bytes, "
+            "int (64-bit), float, bool and None"
+        ) from exc
+
+
+def unpack_payload(data: bytes) -> Any:
+    """Unpack user data packed by `pack_payload`; raise `PayloadError` when it cannot be."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise PayloadError(f"cannot be decoded: {exc}") from exc
+
+
+@dataclass(slots=True)
+class RunTask:
+    """Host -> worker: run one task."""
+
+    TAG: ClassVar[int] = 1
+    task_id: str
+    task_type: str
+    handler: str
+    description: str
+    config: bytes
+    deps: bytes
+    attempt: int
+
+
+@dataclass(slots=True)
+class StopTask:
+    """Host -> worker: raise the stop exception inside this task's handler (cancel or timeout)."""
+
+    TAG: ClassVar[int] = 2
+    task_id: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Shutdown:
+    """Host -> worker: finish and exit."""
+
+    TAG: ClassVar[int] = 3
+
+
+@dataclass(slots=True)
+class Hello:
+    """Worker -> host: the worker is up and reads its pipe."""
+
+    TAG: ClassVar[int] = 10
+    worker_id: int
+    pid: int
+    version: int
+
+
+@dataclass(slots=True)
+class TaskStarted:
+    """Worker -> host: the handler is about to be called (a timeout's clock starts here)."""
+
+    TAG: ClassVar[int] = 11
+    task_id: str
+
+
+@dataclass(slots=True)
+class TaskProgress:
+    """Worker -> host: ``ctx.progress(completed, total, message)``."""
+
+    TAG: ClassVar[int] = 12
+    task_id: str
+    completed: float
+    total: float | None
+    message: str
+
+
+@dataclass(slots=True)
+class TaskPartial:
+    """Worker -> host: ``ctx.emit(data)``, a streamed partial result (packed)."""
+
+    TAG: ClassVar[int] = 13
+    task_id: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class TaskDone:
+    """Worker -> host: the handler returned; ``data`` is its packed return value."""
+
+    TAG: ClassVar[int] = 14
+    task_id: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class TaskFailed:
+    """Worker -> host: the task ended without a result; ``kind`` says why."""
+
+    TAG: ClassVar[int] = 15
+    task_id: str
+    kind: str
+    message: str
+    traceback: str
+    exception_type: str
+
+
+Message = (
+    RunTask | StopTask | Shutdown | Hello | TaskStarted | TaskProgress | TaskPartial | TaskDone | TaskFailed
+)
+
+_CLASSES: Final[dict[int, type[Any]]] = {
+    cls.TAG: cls
+    for cls in (
+        RunTask,
+        StopTask,
+        Shutdown,
+        Hello,
+        TaskStarted,
+        TaskProgress,
+        TaskPartial,
+        TaskDone,
+        TaskFailed,
+    )
+}
+_FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in _CLASSES.values()
+}
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def encode(msg: Message) -> bytes:
+    """Serialise one message for ``Connection.send_bytes``."""
+    cls = type(msg)
+    return _packb([cls.TAG, *[getattr(msg, name) for name in _FIELD_NAMES[cls]]])  # type: ignore[no-any-return]
+
+
+def decode(frame: bytes) -> Message:
+    """Parse one frame; raise `ProtocolError` when it is not a message of this protocol."""
+    try:
+        tag, *values = msgpack.unpackb(frame, raw=False)
+        cls = _CLASSES[tag]
+        return cls(*values)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise ProtocolError(f"undecodable frame of {len(frame)} bytes: {exc!r}") from exc
