@@ -29,35 +29,14 @@ _WINDOW_WORDS = 120  # a long paragraph is cut into windows of this many words
 _K1, _B = 1.5, 0.75
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "this",
-        "to",
-        "was",
-        "were",
-        "will",
-        "with",
-    ]
+    """a about above after again against all also am an and any are as at be because been before being
+below between both but by can could did do does doing down during each either else ever every
+few for from further had has have having he her here hers him his how however i if in into is
+it its itself just may me might more most must my no nor not now of off on once one only or
+other our ours out over own same shall she should so some such than that the their theirs them
+then there these they this those through thus to too under until up upon us very was we were
+what when where whether which while who whom whose why will with within without would yet you
+your""".split()
 )
 _TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.S | re.I)
 
