@@ -585,7 +585,11 @@ class Supervisor:
     def _replenish_workers(self) -> None:
         """Keep min_workers (all max_workers in a fixed pool) processes, untyped until used."""
         floor = self._config.max_workers if not self._config.enable_auto_scaling else self._config.min_workers
-        while not self._closing and len(self._workers) < floor and self._start_failures < MAX_START_FAILURES:
+        while (
+            not self._closing
+            and sum(w.exit_reason is None for w in self._workers.values()) < floor
+            and self._start_failures < MAX_START_FAILURES
+        ):
             self._idle.setdefault(None, []).append(self._spawn_worker())
 
     def _retire(self, worker: WorkerHandle, reason: str) -> None:
@@ -614,7 +618,8 @@ class Supervisor:
 
     def _on_idle_timeout(self, worker: WorkerHandle) -> None:
         busy_or_gone = worker.state != "idle" or worker.worker_id not in self._workers
-        if busy_or_gone or len(self._workers) <= self._config.min_workers:
+        staying = sum(w.exit_reason is None for w in self._workers.values())
+        if busy_or_gone or staying <= self._config.min_workers:
             return
         self._retire(worker, "idle")
 

@@ -1,0 +1,120 @@
+"""Shared fixtures: orchestrators that are always shut down, and a leak check after each test."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from orchestrator import ParallelOrchestrator
+from tests.helpers.tasks import HANDLERS
+
+# Only ever reached on a deadlock: every wait in the tests passes it, so a hang fails loudly.
+DEADLOCK_TIMEOUT = 30.0
+
+
+@pytest.fixture(autouse=True)
+def _debug_logging(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="orchestrator")
+
+
+def _live_children() -> list[psutil.Process]:
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """After the test: no child process and no new /dev/shm block remain (with some patience)."""
+    shm_before = set(os.listdir("/dev/shm"))
+    yield
+    deadline = time.monotonic() + 5.0
+    while (children := _live_children()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not children, f"child processes left behind: {[(c.pid, c.cmdline()) for c in children]}"
+    left = set(os.listdir("/dev/shm")) - shm_before
+    assert not left, f"shared-memory blocks left behind: {sorted(left)}"
+
+
+@pytest.fixture
+def make_orch(no_leaks: None) -> Iterator[Callable[..., ParallelOrchestrator]]:
+    """Build initialized orchestrators with the test handlers; all are shut down afterwards."""
+    made: list[ParallelOrchestrator] = []
+
+    def make(**overrides: Any) -> ParallelOrchestrator:
+        overrides.setdefault("handlers", HANDLERS)
+        orch = ParallelOrchestrator(**overrides)
+        orch.initialize()
+        made.append(orch)
+        return orch
+
+    yield make
+    for orch in made:
+        orch.shutdown(wait=True, cancel_pending=True, timeout=5.0)
+
+
+class Release:
+    """A file a `blocker` task waits for; `open()` lets every such task finish."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def config(self) -> dict[str, str]:
+        return {"release": str(self.path)}
+
+    def open(self) -> None:
+        self.path.touch()
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Release:
+    return Release(tmp_path / "release")
+
+
+class Recorder:
+    """Collects events from the event thread; `wait_for` blocks until a predicate holds."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: Any) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = DEADLOCK_TIMEOUT) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self.events), timeout):
+                raise AssertionError(f"condition not met; events so far: {self.events}")
+
+    def names(self, task_id: str | None = None) -> list[str]:
+        with self._cond:
+            return [e.event for e in self.events if task_id is None or getattr(e, "task_id", None) == task_id]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+def subscribe_all(orch: ParallelOrchestrator, recorder: Recorder) -> None:
+    """Send every event kind of ``orch`` to ``recorder``."""
+    from orchestrator.models import EVENT_NAMES
+
+    for name in sorted(EVENT_NAMES):
+        orch.on(name, recorder)

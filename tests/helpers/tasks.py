@@ -1,0 +1,148 @@
+"""Handlers used by the integration tests; module-level so that every start method imports them."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from workers import TaskContext
+
+HANDLERS = {
+    name: f"tests.helpers.tasks:{name}"
+    for name in (
+        "echo",
+        "blocker",
+        "other_blocker",
+        "steps",
+        "sleep",
+        "fail",
+        "unserialisable",
+        "exit_hard",
+        "sigkill_self",
+        "segfault",
+        "ignore_stop",
+        "async_echo",
+        "async_sleep",
+        "partials",
+        "poll_cancel",
+        "allocate",
+        "crash_once",
+    )
+}
+HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
+
+
+def echo(ctx: TaskContext) -> Any:
+    """Return the config, with this worker's pid."""
+    return {"config": ctx.config, "pid": os.getpid()}
+
+
+def _wait_for_release(ctx: TaskContext) -> None:
+    release = Path(ctx.config["release"])
+    while not release.exists():
+        time.sleep(0.005)
+
+
+def blocker(ctx: TaskContext) -> Any:
+    """Run until the file named by config['release'] exists (the test creates it)."""
+    _wait_for_release(ctx)
+    return {"released": ctx.task_id, "pid": os.getpid()}
+
+
+other_blocker = blocker
+
+
+def steps(ctx: TaskContext) -> Any:
+    """Report config['n'] progress steps, then return n."""
+    n = ctx.config.get("n", 3)
+    for i in range(1, n + 1):
+        ctx.progress(i, n, f"step {i}")
+    return n
+
+
+def sleep(ctx: TaskContext) -> Any:
+    """Sleep config['seconds'] (a stop request interrupts it at once)."""
+    time.sleep(ctx.config.get("seconds", 60))
+    return "slept"
+
+
+def fail(ctx: TaskContext) -> Any:
+    """Raise a ValueError with config['message']."""
+    raise ValueError(ctx.config.get("message", "boom"))
+
+
+def unserialisable(ctx: TaskContext) -> Any:
+    """Return an object msgpack cannot carry."""
+    return {"when": object()}
+
+
+def exit_hard(ctx: TaskContext) -> Any:
+    """Kill the worker with os._exit(3)."""
+    os._exit(3)
+
+
+def sigkill_self(ctx: TaskContext) -> Any:
+    """SIGKILL the worker."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault(ctx: TaskContext) -> Any:
+    """Crash the worker with a segmentation fault."""
+    ctypes.string_at(0)
+
+
+def ignore_stop(ctx: TaskContext) -> Any:
+    """Block every signal, as code stuck in C would, and never return on its own."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
+    threading.Event().wait()
+
+
+async def async_echo(ctx: TaskContext) -> Any:
+    """An async handler: await, then return the config."""
+    await asyncio.sleep(0.01)
+    return ctx.config
+
+
+async def async_sleep(ctx: TaskContext) -> Any:
+    """An async handler that sleeps config['seconds']."""
+    await asyncio.sleep(ctx.config.get("seconds", 60))
+    return "slept"
+
+
+def partials(ctx: TaskContext) -> Any:
+    """Emit config['n'] partial results, then return their count."""
+    n = ctx.config.get("n", 3)
+    for i in range(n):
+        ctx.emit({"i": i})
+    return n
+
+
+def poll_cancel(ctx: TaskContext) -> Any:
+    """Catch the stop exception and poll ctx.cancelled, returning what it saw."""
+    try:
+        time.sleep(60)
+    except BaseException:
+        pass
+    return {"cancelled": ctx.cancelled}
+
+
+def allocate(ctx: TaskContext) -> Any:
+    """Hold config['mb'] MiB of touched memory until stopped."""
+    block = bytearray(ctx.config["mb"] * 2**20)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    time.sleep(60)
+    return len(block)
+
+
+def crash_once(ctx: TaskContext) -> Any:
+    """Crash on the first attempt, succeed on later ones."""
+    if ctx.attempt == 1:
+        os._exit(5)
+    return ctx.attempt

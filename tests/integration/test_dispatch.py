@@ -1,0 +1,142 @@
+"""Dispatch with real worker processes: priorities, type caps, scaling, idle exit, fixed pools."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from orchestrator import TaskStatus
+from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
+
+
+def test_tasks_run_by_priority_then_fifo(make_orch, release: Release, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1)
+    orch.on("task_started", recorder)
+    blocker = orch.submit_task({"type": "blocker", "config": release.config})
+    recorder.wait_for(lambda events: len(events) == 1)
+    priorities = [*range(11), 5, 5]
+    random.Random(7).shuffle(priorities)
+    ids = {orch.submit_task({"type": "blocker", "priority": p, "config": release.config}): p for p in priorities}
+    release.open()
+    for task_id in ids:
+        assert orch.wait(task_id, DEADLOCK_TIMEOUT).success
+    recorder.wait_for(lambda events: len(events) == 1 + len(ids))
+    started = [e.task_id for e in recorder.events[1:]]
+    assert [ids[t] for t in started] == sorted(priorities, reverse=True)
+    fives = [t for t in ids if ids[t] == 5]
+    assert [t for t in started if ids[t] == 5] == fives, "FIFO within a priority"
+    assert orch.wait(blocker, DEADLOCK_TIMEOUT).success
+
+
+def test_type_cap_holds_its_type_without_blocking_others(
+    make_orch, release: Release, recorder: Recorder
+) -> None:
+    orch = make_orch(max_workers=3, worker_type_limits={"blocker": 1})
+    orch.on("task_started", recorder)
+    first = orch.submit_task({"type": "blocker", "priority": 9, "config": release.config})
+    second = orch.submit_task({"type": "blocker", "priority": 9, "config": release.config})
+    other = orch.submit_task({"type": "echo", "priority": 1, "config": {"x": 1}})
+    assert orch.wait(other, DEADLOCK_TIMEOUT).success, "a capped type must not block other types"
+    recorder.wait_for(lambda events: first in [e.task_id for e in events])
+    statuses = {orch.get_task_status(first), orch.get_task_status(second)}
+    assert statuses == {TaskStatus.RUNNING, TaskStatus.QUEUED}
+    release.open()
+    assert orch.wait(first, DEADLOCK_TIMEOUT).success
+    assert orch.wait(second, DEADLOCK_TIMEOUT).success
+
+
+def test_scales_up_to_max_workers_and_no_further(make_orch, release: Release, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=3)
+    orch.on("task_started", recorder)
+    orch.on("worker_spawned", recorder)
+    ids = [orch.submit_task({"type": "blocker", "config": release.config}) for _ in range(6)]
+    recorder.wait_for(lambda events: sum(e.event == "task_started" for e in events) == 3)
+    status = orch.get_status()
+    assert (status.workers, status.running, status.queued) == (3, 3, 3)
+    assert len(orch.get_workers()) == 3
+    release.open()
+    for task_id in ids:
+        assert orch.wait(task_id, DEADLOCK_TIMEOUT).success
+    assert recorder.names().count("worker_spawned") == 3
+
+
+def test_idle_worker_exits_after_idle_timeout(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=2, idle_timeout=0.5)
+    orch.on("worker_exited", recorder)
+    result = orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)
+    recorder.wait_for(lambda events: len(events) == 1)
+    exited = recorder.events[0]
+    assert (exited.reason, exited.pid, exited.type) == ("idle", result.data["pid"], "echo")
+    assert orch.get_workers() == []
+
+
+def test_min_workers_stay_when_idle(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=3, min_workers=1, idle_timeout=0.3)
+    orch.on("worker_exited", recorder)
+    orch.on("worker_spawned", recorder)
+    ids = [orch.submit_task({"type": "sleep", "config": {"seconds": 0.3}}) for _ in range(3)]
+    for task_id in ids:
+        orch.wait(task_id, DEADLOCK_TIMEOUT)
+    spawned = recorder.names().count("worker_spawned")
+    recorder.wait_for(lambda events: sum(e.event == "worker_exited" for e in events) == spawned - 1)
+    assert len(orch.get_workers()) == 1
+
+
+def test_fixed_pool_keeps_its_workers(make_orch) -> None:
+    orch = make_orch(max_workers=2, enable_auto_scaling=False, idle_timeout=0.2)
+    workers = orch.get_workers()
+    assert len(workers) == 2
+    assert all(w.type is None for w in workers), "a fixed pool starts untyped workers"
+    pids = {w.pid for w in workers}
+    results = [orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT) for _ in range(4)]
+    assert {r.data["pid"] for r in results} <= pids
+    time.sleep(0.6)  # proving an absence: three idle timeouts pass and nobody exits
+    assert {w.pid for w in orch.get_workers()} == pids
+
+
+def test_fixed_pool_replaces_a_retired_worker_with_an_untyped_one(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1, enable_auto_scaling=False)
+    orch.on("worker_exited", recorder)
+    first = orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)
+    second = orch.wait(orch.submit_task({"type": "steps"}), DEADLOCK_TIMEOUT)
+    assert second.success and second.worker_pid != first.worker_pid, "a worker never switches type"
+    assert recorder.names() == ["worker_exited"] and recorder.events[0].reason == "retired"
+    assert len(orch.get_workers()) == 1
+
+
+def test_a_full_pool_retires_an_idle_worker_for_another_type(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1)
+    orch.on("worker_exited", recorder)
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+    assert orch.wait(orch.submit_task({"type": "steps"}), DEADLOCK_TIMEOUT).success
+    recorder.wait_for(lambda events: len(events) == 1)
+    assert (recorder.events[0].reason, recorder.events[0].type) == ("retired", "echo")
+
+
+def test_a_worker_is_reused_for_its_type(make_orch) -> None:
+    orch = make_orch(max_workers=2)
+    pids = {orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).data["pid"] for _ in range(5)}
+    assert len(pids) == 1
+
+
+def test_recycling_after_max_tasks_per_worker(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1, max_tasks_per_worker=2)
+    orch.on("worker_exited", recorder)
+    results = [orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT) for _ in range(6)]
+    assert all(r.success for r in results)
+    pids = [r.data["pid"] for r in results]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
+    recorder.wait_for(lambda events: len(events) >= 2)
+    assert {e.reason for e in recorder.events} == {"recycled"}
+
+
+def test_submit_never_waits_for_workers(make_orch, release: Release) -> None:
+    orch = make_orch(max_workers=2, task_queue_size=2000)
+    ids = [orch.submit_task({"type": "blocker", "config": release.config}) for _ in range(2)]
+    started = time.perf_counter()
+    ids += [orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(1000)]
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0, f"1,000 submits took {elapsed:.3f} s while every worker was busy"
+    release.open()
+    for task_id in ids:
+        assert orch.wait(task_id, DEADLOCK_TIMEOUT).success
