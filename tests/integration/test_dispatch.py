@@ -16,7 +16,9 @@ def test_tasks_run_by_priority_then_fifo(make_orch, release: Release, recorder: 
     recorder.wait_for(lambda events: len(events) == 1)
     priorities = [*range(11), 5, 5]
     random.Random(7).shuffle(priorities)
-    ids = {orch.submit_task({"type": "blocker", "priority": p, "config": release.config}): p for p in priorities}
+    ids = {
+        orch.submit_task({"type": "blocker", "priority": p, "config": release.config}): p for p in priorities
+    }
     release.open()
     for task_id in ids:
         assert orch.wait(task_id, DEADLOCK_TIMEOUT).success

@@ -24,7 +24,9 @@ CRASHES = [
 def test_timeout_interrupts_the_handler_and_keeps_the_worker(make_orch) -> None:
     orch = make_orch(max_workers=1)
     started = time.monotonic()
-    result = orch.wait(orch.submit_task({"type": "sleep", "config": {"seconds": 60}, "timeout": 0.5}), DEADLOCK_TIMEOUT)
+    result = orch.wait(
+        orch.submit_task({"type": "sleep", "config": {"seconds": 60}, "timeout": 0.5}), DEADLOCK_TIMEOUT
+    )
     assert time.monotonic() - started < 5
     assert result.status is TaskStatus.ERROR and result.error.kind == "timeout"
     assert "0.5 s" in result.error.message
@@ -116,7 +118,10 @@ def test_cancel_turns_ctx_cancelled_true(make_orch, recorder: Recorder) -> None:
     recorder.wait_for(lambda events: len(events) == 1)
     orch.cancel(task_id)
     assert orch.wait(task_id, DEADLOCK_TIMEOUT).status is TaskStatus.CANCELLED
-    assert orch.wait(orch.submit_task({"type": "poll_cancel", "timeout": 0.2}), DEADLOCK_TIMEOUT).error.kind == "timeout"
+    assert (
+        orch.wait(orch.submit_task({"type": "poll_cancel", "timeout": 0.2}), DEADLOCK_TIMEOUT).error.kind
+        == "timeout"
+    )
 
 
 HOST = """
@@ -148,8 +153,33 @@ def test_workers_exit_when_the_host_is_killed(tmp_path, method: str) -> None:
         while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family):
             assert time.monotonic() < deadline, f"still alive 2 s after the host died: {family}"
             time.sleep(0.02)
-        assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in pids)
+        assert all(
+            not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in pids
+        )
     finally:
         host.kill()
         host.wait()
         host.stdout.close()
+
+
+UNGUARDED = """
+import sys
+sys.path.insert(0, {root!r})
+from orchestrator import ParallelOrchestrator
+orch = ParallelOrchestrator(max_workers=1, start_method={method!r})
+result = orch.wait(orch.submit_task({{"type": "analyze", "config": {{"data": [1, 2, 3]}}}}), 30)
+print("RESULT", result.error.kind if result.error else "ok", flush=True)
+orch.shutdown()
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_a_host_script_without_main_guard_gets_a_clear_error(tmp_path, method: str) -> None:
+    script = tmp_path / "unguarded.py"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script.write_text(UNGUARDED.format(root=root, method=method))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=DEADLOCK_TIMEOUT
+    )
+    assert "RESULT worker_crashed" in done.stdout
+    assert 'if __name__ == "__main__":' in done.stderr

@@ -36,7 +36,11 @@ def test_events_arrive_in_order_for_each_task(make_orch, recorder: Recorder) -> 
         names = recorder.names(task_id)
         assert names[:2] == ["task_queued", "task_started"] and names[-1] == "task_completed"
         assert set(names[2:-1]) <= {"task_progress"}
-        progress = [e.progress.completed for e in recorder.events if e.event == "task_progress" and e.task_id == task_id]
+        progress = [
+            e.progress.completed
+            for e in recorder.events
+            if e.event == "task_progress" and e.task_id == task_id
+        ]
         assert progress == sorted(progress) and progress[-1] == 5
 
 
@@ -54,7 +58,12 @@ def test_per_task_callbacks(make_orch) -> None:
     assert done.wait(DEADLOCK_TIMEOUT)
     *progress, final = seen
     assert final.task_id == task_id and final.data == 3
-    assert progress and progress[-1].completed == 3 and progress[-1].total == 3 and progress[-1].message == "step 3"
+    assert (
+        progress
+        and progress[-1].completed == 3
+        and progress[-1].total == 3
+        and progress[-1].message == "step 3"
+    )
     assert failed == []
 
 
@@ -62,7 +71,9 @@ def test_on_error_receives_failures(make_orch) -> None:
     orch = make_orch()
     got: list[object] = []
     done = threading.Event()
-    orch.submit_task({"type": "fail", "config": {"message": "nope"}}, on_error=lambda r: (got.append(r), done.set()))
+    orch.submit_task(
+        {"type": "fail", "config": {"message": "nope"}}, on_error=lambda r: (got.append(r), done.set())
+    )
     assert done.wait(DEADLOCK_TIMEOUT)
     (result,) = got
     assert result.status is TaskStatus.ERROR and not result.success
@@ -117,7 +128,9 @@ def test_slow_callback_does_not_delay_dispatch(make_orch) -> None:
     assert gap < 0.5, f"the second task started {gap:.3f} s after the first ended"
 
 
-def test_a_raising_callback_is_logged_and_changes_nothing(make_orch, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_raising_callback_is_logged_and_changes_nothing(
+    make_orch, caplog: pytest.LogCaptureFixture
+) -> None:
     orch = make_orch()
     done = threading.Event()
 
@@ -227,7 +240,13 @@ def test_status_counts(make_orch) -> None:
     for task_type in ("echo", "echo", "echo", "fail"):
         orch.wait(orch.submit_task({"type": task_type}), DEADLOCK_TIMEOUT)
     status = orch.get_status()
-    assert (status.completed, status.failed, status.cancelled, status.queued, status.running) == (3, 1, 0, 0, 0)
+    assert (status.completed, status.failed, status.cancelled, status.queued, status.running) == (
+        3,
+        1,
+        0,
+        0,
+        0,
+    )
     assert status.max_workers == 3 and status.task_queue_size == 50 and status.uptime_s > 0
     workers = orch.get_workers()
     assert sum(w.tasks_completed for w in workers) == 4

@@ -1,0 +1,124 @@
+"""Wire messages, spec and config validation, and the public API's shape."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+import orchestrator
+from orchestrator import OrchestratorConfig, TaskSpec, TaskStatus
+from workers import protocol
+
+MESSAGES = [
+    protocol.RunTask(
+        "t-1", "echo", "m:f", "d", protocol.pack_payload({"a": 1}), protocol.pack_payload({}), 2
+    ),
+    protocol.StopTask("t-1", "timeout"),
+    protocol.Shutdown(),
+    protocol.Hello(3, 1234, protocol.PROTOCOL_VERSION),
+    protocol.TaskStarted("t-1"),
+    protocol.TaskProgress("t-1", 2, None, "half"),
+    protocol.TaskPartial("t-1", protocol.pack_payload([1, 2])),
+    protocol.TaskDone("t-1", protocol.pack_payload({"ok": True})),
+    protocol.TaskFailed("t-1", "exception", "boom", "Traceback...", "ValueError"),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_messages_round_trip(message: protocol.Message) -> None:
+    assert protocol.decode(protocol.encode(message)) == message
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x93\x01\x02\x03", protocol.pack_payload([99, "x"]), b"\xc1"])
+def test_malformed_frames_are_protocol_errors(frame: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError, match="undecodable"):
+        protocol.decode(frame)
+
+
+@pytest.mark.parametrize("value", [{1, 2}, object(), 2**64, lambda: 0])
+def test_unpackable_payloads_say_why(value: object) -> None:
+    with pytest.raises(protocol.PayloadError, match="not msgpack-serialisable"):
+        protocol.pack_payload(value)
+
+
+def test_payloads_keep_int_keys_and_turn_tuples_into_lists() -> None:
+    assert protocol.unpack_payload(protocol.pack_payload({1: (2, 3), "b": b"x"})) == {1: [2, 3], "b": b"x"}
+
+
+def test_task_spec_defaults_and_packed_config() -> None:
+    spec = TaskSpec(type="research", config={"topic": "x"})
+    assert (spec.priority, spec.timeout, spec.retries, spec.depends_on, spec.on_dependency_failure) == (
+        5,
+        None,
+        0,
+        [],
+        "fail",
+    )
+    assert protocol.unpack_payload(spec.packed_config) == {"topic": "x"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"priority": 11}, "priority"),
+        ({"priority": True}, "priority"),
+        ({"timeout": 0}, "timeout"),
+        ({"retries": -1}, "retries"),
+        ({"on_dependency_failure": "skip"}, "on_dependency_failure"),
+        ({"config": {"k": {1, 2}}}, "not msgpack-serialisable"),
+        ({"config": {(1, 2): "tuple key"}}, "config"),
+    ],
+)
+def test_task_spec_rejects(fields: dict, where: str) -> None:
+    with pytest.raises(ValidationError, match=where):
+        TaskSpec(type="echo", **fields)
+
+
+def test_config_is_frozen_and_strict() -> None:
+    config = OrchestratorConfig()
+    assert (config.max_workers, config.min_workers, config.idle_timeout, config.task_queue_size) == (
+        5,
+        0,
+        300.0,
+        100,
+    )
+    assert config.start_method == "forkserver" and config.name == "default" and config.enable_auto_scaling
+    with pytest.raises(ValidationError):
+        config.max_workers = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="name"):
+        OrchestratorConfig(name="../etc")
+    assert set(config.task_handlers()) == {"monitor", "research", "learn", "optimize", "analyze"}
+
+
+def test_task_status_is_a_str_enum() -> None:
+    assert TaskStatus("running") is TaskStatus.RUNNING and TaskStatus.COMPLETED == "completed"
+    assert [s.is_final for s in TaskStatus] == [False, False, True, True, True]
+
+
+def test_public_api_is_exactly_all() -> None:
+    required = {
+        "ParallelOrchestrator",
+        "OrchestratorConfig",
+        "TaskSpec",
+        "TaskResult",
+        "TaskError",
+        "TaskStatus",
+        "Progress",
+        "WorkerInfo",
+        "OrchestratorStatus",
+        "OrchestratorError",
+        "QueueFullError",
+        "TaskNotFoundError",
+        "UnknownTaskTypeError",
+    }
+    assert required <= set(orchestrator.__all__)
+    assert set(orchestrator.__all__) == {n for n in dir(orchestrator) if not n.startswith("_")}
+    for name in orchestrator.__all__:
+        assert getattr(orchestrator, name).__doc__, f"{name} has no docstring"
+
+
+def test_errors_share_one_root() -> None:
+    for name in orchestrator.__all__:
+        value = getattr(orchestrator, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, orchestrator.OrchestratorError)
