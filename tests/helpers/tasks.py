@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -125,10 +126,8 @@ def partials(ctx: TaskContext) -> Any:
 
 def poll_cancel(ctx: TaskContext) -> Any:
     """Catch the stop exception and poll ctx.cancelled, returning what it saw."""
-    try:
+    with contextlib.suppress(BaseException):
         time.sleep(60)
-    except BaseException:
-        pass
     return {"cancelled": ctx.cancelled}
 
 

@@ -34,7 +34,8 @@ def test_bad_spec_is_rejected_before_queueing(make_orch, spec: dict, field: str)
     orch = make_orch()
     with pytest.raises(InvalidTaskError, match=field) as info:
         orch.submit_task(spec)
-    assert isinstance(info.value, OrchestratorError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, OrchestratorError)
+    assert isinstance(info.value, ValueError)
     assert orch.get_status().queued == 0
     assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
 
@@ -49,7 +50,8 @@ def test_unknown_type_names_the_known_ones(make_orch) -> None:
 def test_handler_that_does_not_import_fails_its_task_only(make_orch) -> None:
     orch = make_orch()
     result = orch.wait(orch.submit_task({"type": "bad_import"}), DEADLOCK_TIMEOUT)
-    assert result.status is TaskStatus.ERROR and result.error.kind == "exception"
+    assert result.status is TaskStatus.ERROR
+    assert result.error.kind == "exception"
     assert result.error.exception_type == "ModuleNotFoundError"
     assert "tests.helpers.no_such_module" in result.error.message
     assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
@@ -58,7 +60,8 @@ def test_handler_that_does_not_import_fails_its_task_only(make_orch) -> None:
 def test_unserialisable_result_is_a_serialization_error(make_orch) -> None:
     orch = make_orch(max_workers=1)
     result = orch.wait(orch.submit_task({"type": "unserialisable"}), DEADLOCK_TIMEOUT)
-    assert result.error.kind == "serialization" and "object" in result.error.message
+    assert result.error.kind == "serialization"
+    assert "object" in result.error.message
     again = orch.wait(orch.submit_task({"type": "unserialisable"}), DEADLOCK_TIMEOUT)
     assert again.worker_pid == result.worker_pid, "the worker survives"
 

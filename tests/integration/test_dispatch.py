@@ -101,8 +101,10 @@ def test_fixed_pool_replaces_a_retired_worker_with_an_untyped_one(make_orch, rec
     orch.on("worker_exited", recorder)
     first = orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)
     second = orch.wait(orch.submit_task({"type": "steps"}), DEADLOCK_TIMEOUT)
-    assert second.success and second.worker_pid != first.worker_pid, "a worker never switches type"
-    assert recorder.names() == ["worker_exited"] and recorder.events[0].reason == "retired"
+    assert second.success
+    assert second.worker_pid != first.worker_pid, "a worker never switches type"
+    assert recorder.names() == ["worker_exited"]
+    assert recorder.events[0].reason == "retired"
     assert len(orch.get_workers()) == 1
 
 

@@ -28,10 +28,12 @@ def test_timeout_interrupts_the_handler_and_keeps_the_worker(make_orch) -> None:
         orch.submit_task({"type": "sleep", "config": {"seconds": 60}, "timeout": 0.5}), DEADLOCK_TIMEOUT
     )
     assert time.monotonic() - started < 5
-    assert result.status is TaskStatus.ERROR and result.error.kind == "timeout"
+    assert result.status is TaskStatus.ERROR
+    assert result.error.kind == "timeout"
     assert "0.5 s" in result.error.message
     after = orch.wait(orch.submit_task({"type": "sleep", "config": {"seconds": 0}}), DEADLOCK_TIMEOUT)
-    assert after.success and after.worker_pid == result.worker_pid, "the same worker runs the next task"
+    assert after.success
+    assert after.worker_pid == result.worker_pid, "the same worker runs the next task"
 
 
 def test_default_task_timeout_applies(make_orch) -> None:
@@ -39,7 +41,8 @@ def test_default_task_timeout_applies(make_orch) -> None:
     result = orch.wait(orch.submit_task({"type": "async_sleep", "config": {"seconds": 60}}), DEADLOCK_TIMEOUT)
     assert result.error.kind == "timeout"
     again = orch.wait(orch.submit_task({"type": "async_sleep", "config": {"seconds": 0}}), DEADLOCK_TIMEOUT)
-    assert again.success and again.worker_pid == result.worker_pid
+    assert again.success
+    assert again.worker_pid == result.worker_pid
 
 
 def test_uninterruptible_handler_is_killed_after_the_grace(make_orch, recorder: Recorder) -> None:
@@ -58,8 +61,10 @@ def test_worker_crash_fails_only_its_task(make_orch, handler: str, how: str, rec
     orch = make_orch(max_workers=2)
     orch.on("worker_exited", recorder)
     result = orch.wait(orch.submit_task({"type": handler}), DEADLOCK_TIMEOUT)
-    assert result.status is TaskStatus.ERROR and result.error.kind == "worker_crashed"
-    assert how in result.error.message and str(result.worker_pid) in result.error.message
+    assert result.status is TaskStatus.ERROR
+    assert result.error.kind == "worker_crashed"
+    assert how in result.error.message
+    assert str(result.worker_pid) in result.error.message
     recorder.wait_for(lambda events: len(events) == 1)
     assert recorder.events[0].reason == "crashed"
     ids = [orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(100)]
@@ -77,7 +82,8 @@ def test_memory_limit_kills_the_worker(make_orch, recorder: Recorder) -> None:
     orch = make_orch(max_workers=1, max_memory_mb=200)
     orch.on("worker_exited", recorder)
     result = orch.wait(orch.submit_task({"type": "allocate", "config": {"mb": 500}}), DEADLOCK_TIMEOUT)
-    assert result.error.kind == "memory_limit" and "max_memory_mb=200" in result.error.message
+    assert result.error.kind == "memory_limit"
+    assert "max_memory_mb=200" in result.error.message
     recorder.wait_for(lambda events: len(events) == 1)
     assert recorder.events[0].reason == "memory_limit"
     assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
@@ -91,7 +97,8 @@ def test_cancel_a_queued_task(make_orch, release: Release) -> None:
     queued = orch.submit_task({"type": "blocker", "config": release.config})
     assert orch.cancel(queued) is True
     result = orch.get_result(queued)
-    assert result.status is TaskStatus.CANCELLED and result.error.kind == "cancelled"
+    assert result.status is TaskStatus.CANCELLED
+    assert result.error.kind == "cancelled"
     assert orch.cancel(queued) is False
     release.open()
     assert orch.wait(running, DEADLOCK_TIMEOUT).success

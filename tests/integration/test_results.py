@@ -17,10 +17,14 @@ def test_result_of_a_completed_task(make_orch) -> None:
     orch = make_orch()
     task_id = orch.submit_task({"type": "echo", "config": {"a": [1, 2], "b": {"c": None}}})
     result = orch.wait(task_id, DEADLOCK_TIMEOUT)
-    assert result.status is TaskStatus.COMPLETED and result.success and result.error is None
+    assert result.status is TaskStatus.COMPLETED
+    assert result.success
+    assert result.error is None
     assert result.data["config"] == {"a": [1, 2], "b": {"c": None}}
-    assert result.attempts == 1 and result.worker_pid == result.data["pid"]
-    assert result.started_at <= result.finished_at and result.duration_s >= 0
+    assert result.attempts == 1
+    assert result.worker_pid == result.data["pid"]
+    assert result.started_at <= result.finished_at
+    assert result.duration_s >= 0
     assert orch.get_result(task_id) == result
     assert orch.get_task_status(task_id) is TaskStatus.COMPLETED
 
@@ -34,14 +38,16 @@ def test_events_arrive_in_order_for_each_task(make_orch, recorder: Recorder) -> 
     recorder.wait_for(lambda events: sum(e.event == "task_completed" for e in events) == 6)
     for task_id in ids:
         names = recorder.names(task_id)
-        assert names[:2] == ["task_queued", "task_started"] and names[-1] == "task_completed"
+        assert names[:2] == ["task_queued", "task_started"]
+        assert names[-1] == "task_completed"
         assert set(names[2:-1]) <= {"task_progress"}
         progress = [
             e.progress.completed
             for e in recorder.events
             if e.event == "task_progress" and e.task_id == task_id
         ]
-        assert progress == sorted(progress) and progress[-1] == 5
+        assert progress == sorted(progress)
+        assert progress[-1] == 5
 
 
 def test_per_task_callbacks(make_orch) -> None:
@@ -57,13 +63,12 @@ def test_per_task_callbacks(make_orch) -> None:
     )
     assert done.wait(DEADLOCK_TIMEOUT)
     *progress, final = seen
-    assert final.task_id == task_id and final.data == 3
-    assert (
-        progress
-        and progress[-1].completed == 3
-        and progress[-1].total == 3
-        and progress[-1].message == "step 3"
-    )
+    assert final.task_id == task_id
+    assert final.data == 3
+    assert progress
+    assert progress[-1].completed == 3
+    assert progress[-1].total == 3
+    assert progress[-1].message == "step 3"
     assert failed == []
 
 
@@ -76,9 +81,12 @@ def test_on_error_receives_failures(make_orch) -> None:
     )
     assert done.wait(DEADLOCK_TIMEOUT)
     (result,) = got
-    assert result.status is TaskStatus.ERROR and not result.success
-    assert result.error.kind == "exception" and result.error.exception_type == "ValueError"
-    assert result.error.message == "nope" and "ValueError: nope" in result.error.traceback
+    assert result.status is TaskStatus.ERROR
+    assert not result.success
+    assert result.error.kind == "exception"
+    assert result.error.exception_type == "ValueError"
+    assert result.error.message == "nope"
+    assert "ValueError: nope" in result.error.traceback
 
 
 def test_partial_results_are_events_in_order(make_orch, recorder: Recorder) -> None:
@@ -186,7 +194,8 @@ def test_shutdown_cancel_pending_cancels_the_queue(make_orch, release: Release, 
     orch.shutdown(wait=False, cancel_pending=True)
     for task_id in queued:
         result = orch.wait(task_id, DEADLOCK_TIMEOUT)
-        assert result.status is TaskStatus.CANCELLED and result.error.kind == "cancelled"
+        assert result.status is TaskStatus.CANCELLED
+        assert result.error.kind == "cancelled"
     release.open()
     orch.shutdown(wait=True)
     assert orch.get_result(running).status is TaskStatus.COMPLETED
@@ -247,7 +256,9 @@ def test_status_counts(make_orch) -> None:
         0,
         0,
     )
-    assert status.max_workers == 3 and status.task_queue_size == 50 and status.uptime_s > 0
+    assert status.max_workers == 3
+    assert status.task_queue_size == 50
+    assert status.uptime_s > 0
     workers = orch.get_workers()
     assert sum(w.tasks_completed for w in workers) == 4
     assert all(w.rss_bytes and w.rss_bytes > 0 and w.state == "idle" for w in workers)

@@ -82,7 +82,9 @@ def test_config_is_frozen_and_strict() -> None:
         300.0,
         100,
     )
-    assert config.start_method == "forkserver" and config.name == "default" and config.enable_auto_scaling
+    assert config.start_method == "forkserver"
+    assert config.name == "default"
+    assert config.enable_auto_scaling
     with pytest.raises(ValidationError):
         config.max_workers = 3  # type: ignore[misc]
     with pytest.raises(ValidationError, match="name"):
@@ -91,7 +93,8 @@ def test_config_is_frozen_and_strict() -> None:
 
 
 def test_task_status_is_a_str_enum() -> None:
-    assert TaskStatus("running") is TaskStatus.RUNNING and TaskStatus.COMPLETED == "completed"
+    assert TaskStatus("running") is TaskStatus.RUNNING
+    assert TaskStatus.COMPLETED == "completed"
     assert [s.is_final for s in TaskStatus] == [False, False, True, True, True]
 
 

@@ -67,7 +67,8 @@ def test_timers_fire_in_deadline_order_and_cancelled_ones_never() -> None:
     assert timers.time_to_next(0.5) == pytest.approx(0.5)
     for timer in timers.pop_due(2.5):
         timer.action(*timer.args)
-    assert fired == ["first"] and first.deadline == 1.0
+    assert fired == ["first"]
+    assert first.deadline == 1.0
     assert timers.time_to_next(2.5) == pytest.approx(0.5)
     assert timers.time_to_next(10.0) == 0.0
     for timer in timers.pop_due(10.0):
