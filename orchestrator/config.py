@@ -36,6 +36,10 @@ class OrchestratorConfig(BaseModel):
         2.0, gt=0, description="seconds a stopped handler gets before its worker is killed"
     )
     max_memory_mb: float | None = Field(None, gt=0, description="RSS limit of one worker")
+    max_cpu_seconds: float | None = Field(None, gt=0, description="CPU-time limit of one task")
+    resource_check_interval: float = Field(
+        0.5, gt=0, description="seconds between checks of busy workers' memory and CPU time"
+    )
     max_tasks_per_worker: int | None = Field(
         None, ge=1, strict=True, description="recycle a worker after this many tasks"
     )

@@ -7,7 +7,6 @@ process; it is started with the ``workers`` package preloaded, so a new worker i
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -108,20 +107,6 @@ class WorkerPool:
         if self._uses_forkserver:
             self._uses_forkserver = False
             _forkserver_lease.release()
-
-
-def kill_process_tree(pid: int | None) -> None:
-    """SIGKILL a worker and every process below it, children first, ignoring those already gone."""
-    if pid is None:
-        return
-    try:
-        root = psutil.Process(pid)
-        victims = [*reversed(root.children(recursive=True)), root]
-    except psutil.Error:
-        return
-    for victim in victims:
-        with contextlib.suppress(psutil.Error):
-            victim.kill()
 
 
 def exit_reason_of(exitcode: int | None) -> str:

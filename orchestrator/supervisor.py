@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 from collections import deque
@@ -30,8 +31,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import wait
 from typing import Any, Final, TypeVar, cast
-
-import psutil
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.errors import OrchestratorClosedError
@@ -51,7 +50,8 @@ from orchestrator.models import (
     WorkerExitedEvent,
     WorkerSpawnedEvent,
 )
-from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of, kill_process_tree
+from orchestrator.limits import cpu_seconds, kill_process_tree, tree_rss
+from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of
 from orchestrator.scheduler import ReadyQueue, Timer, Timers
 from workers import protocol
 
@@ -64,8 +64,8 @@ STOP_TIMEOUT: Final = 3.0
 # Workers that die before saying Hello this many times in a row stop the pool from respawning
 # on its own (min_workers, fixed pools); each task still gets its own attempt and error.
 MAX_START_FAILURES: Final = 3
-# How often busy workers' RSS is compared with max_memory_mb.
-RESOURCE_CHECK_INTERVAL: Final = 0.5
+# The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception).
+RETRYABLE: Final = frozenset({"worker_crashed", "timeout", "memory_limit", "rate_limit"})
 
 _FINAL_EVENT: Final = {
     TaskStatus.COMPLETED: "task_completed",
@@ -97,6 +97,9 @@ class TaskRecord:
     started_at: float | None = None
     timer: Timer | None = None
     partials: int = 0
+    cpu_at_start: float | None = None
+    holds_slot: bool = True
+    in_ready: bool = True
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
 
 
@@ -130,7 +133,7 @@ class Supervisor:
         self._next_worker_id = 1
         self._start_failures = 0
         self._closing = False
-        self._memory_timer: Timer | None = None
+        self._resource_timer: Timer | None = None
         self._started = time.monotonic()
         self._commands: deque[Callable[[], None]] = deque()
         self._commands_lock = threading.Lock()
@@ -289,7 +292,10 @@ class Supervisor:
 
     def _assign(self, record: TaskRecord, worker: WorkerHandle) -> None:
         spec = record.spec
-        self._queue_slots.release()
+        if record.holds_slot:
+            record.holds_slot = False
+            self._queue_slots.release()
+        record.in_ready = False
         Timers.cancel(worker.timer)
         worker.type = spec.type
         worker.current_task = record.task_id
@@ -369,7 +375,9 @@ class Supervisor:
             record.timer = self._timers.schedule(
                 time.monotonic() + timeout, self._on_timeout, record, timeout
             )
-        self._watch_memory()
+        if self._config.max_cpu_seconds is not None:
+            record.cpu_at_start = cpu_seconds(worker.pid)
+        self._watch_resources()
         listeners = self._bus.listeners("task_started")
         if listeners:
             event = TaskStartedEvent.model_construct(
@@ -470,11 +478,59 @@ class Supervisor:
     def _fail(
         self, record: TaskRecord, kind: str, message: str, traceback: str = "", exception_type: str = ""
     ) -> None:
+        """End an attempt without a result: retry it if its spec allows, else finish the task."""
+        if self._may_retry(record, kind):
+            self._retry_later(record, kind, message)
+            return
         error = TaskError.model_construct(
             kind=cast(ErrorKind, kind), message=message, traceback=traceback, exception_type=exception_type
         )
         status = TaskStatus.CANCELLED if kind == "cancelled" else TaskStatus.ERROR
         self._finish(record, status, error=error)
+
+    @staticmethod
+    def _may_retry(record: TaskRecord, kind: str) -> bool:
+        spec = record.spec
+        retryable = kind in RETRYABLE or (kind == "exception" and spec.retry_on_exception)
+        return retryable and record.attempts <= spec.retries
+
+    def _retry_later(self, record: TaskRecord, kind: str, message: str) -> None:
+        """Put the task back in the queue after an exponential backoff with jitter; same id, priority."""
+        self._detach(record)
+        self._counts[record.status] -= 1
+        self._counts[TaskStatus.QUEUED] += 1
+        record.status = TaskStatus.QUEUED
+        delay = record.spec.retry_backoff * 2 ** (record.attempts - 1) * random.uniform(0.5, 1.0)
+        logger.info(
+            "task %s attempt %d failed (%s: %s); retrying in %.2f s",
+            record.task_id,
+            record.attempts,
+            kind,
+            message,
+            delay,
+        )
+        record.timer = self._timers.schedule(time.monotonic() + delay, self._requeue, record)
+
+    def _requeue(self, record: TaskRecord) -> None:
+        if record.result is not None:
+            return
+        # A retry is not a new submission: it is queued even when the queue is full.
+        record.holds_slot = self._queue_slots.acquire(blocking=False)
+        record.in_ready = True
+        self._ready.push(record.spec.type, record.spec.priority, record.seq, record.task_id)
+
+    def _detach(self, record: TaskRecord) -> None:
+        """Free what a task holds: its queue slot, its place in the ready queue, its type's capacity."""
+        if record.holds_slot:
+            record.holds_slot = False
+            self._queue_slots.release()
+        if record.in_ready:
+            record.in_ready = False
+            self._ready.remove(record.task_id)
+        if record.worker is not None:
+            record.worker = None
+            self._running_by_type[record.spec.type] -= 1
+        Timers.cancel(record.timer)
 
     def _finish(
         self,
@@ -484,14 +540,9 @@ class Supervisor:
         error: TaskError | None = None,
     ) -> None:
         """Record the task's final result once, then tell waiters, callbacks and listeners."""
-        previous = record.status
-        self._counts[previous] -= 1
+        self._counts[record.status] -= 1
         self._counts[status] += 1
-        if record.worker is None and previous is TaskStatus.QUEUED:
-            self._queue_slots.release()
-        elif record.worker is not None:
-            self._running_by_type[record.spec.type] -= 1
-        Timers.cancel(record.timer)
+        self._detach(record)
         finished = time.time()
         started = record.started_at
         result = TaskResult.model_construct(
@@ -533,7 +584,6 @@ class Supervisor:
         if record.result is not None:
             return False
         if record.worker is None:
-            self._ready.remove(record.task_id)
             self._fail(record, "cancelled", f"{message} while queued")
         else:
             self._stop(record, "cancelled", f"{message} while running")
@@ -678,31 +728,46 @@ class Supervisor:
 
     # ----------------------------------------------------------------- limits
 
-    def _watch_memory(self) -> None:
-        if self._config.max_memory_mb is None or self._memory_timer is not None:
-            return
-        self._memory_timer = self._timers.schedule(
-            time.monotonic() + RESOURCE_CHECK_INTERVAL, self._enforce_memory_limit
-        )
+    def _watch_resources(self) -> None:
+        limited = self._config.max_memory_mb is not None or self._config.max_cpu_seconds is not None
+        if limited and self._resource_timer is None:
+            self._resource_timer = self._timers.schedule(
+                time.monotonic() + self._config.resource_check_interval, self._enforce_resource_limits
+            )
 
-    def _enforce_memory_limit(self) -> None:
-        self._memory_timer = None
-        limit = self._config.max_memory_mb
+    def _enforce_resource_limits(self) -> None:
+        """Kill workers over max_memory_mb; stop tasks over max_cpu_seconds (as timeouts)."""
+        self._resource_timer = None
         busy = [w for w in self._workers.values() if w.state == "busy" and w.current_task]
-        if limit is None or not busy:
-            return
         for worker in busy:
-            rss = _tree_rss(worker.pid)
-            if rss is not None and rss > limit * 1024 * 1024:
-                record = self._tasks.get(worker.current_task or "")
-                if record is not None and record.result is None:
-                    self._fail(
-                        record,
-                        "memory_limit",
-                        f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}",
-                    )
-                self._kill(worker, "memory_limit")
-        self._watch_memory()
+            record = self._tasks.get(worker.current_task or "")
+            if record is None or record.result is not None or record.status is not TaskStatus.RUNNING:
+                continue
+            self._check_memory(worker, record)
+            if record.result is None and record.worker is worker:
+                self._check_cpu(worker, record)
+        if busy:
+            self._watch_resources()
+
+    def _check_memory(self, worker: WorkerHandle, record: TaskRecord) -> None:
+        limit = self._config.max_memory_mb
+        rss = tree_rss(worker.pid) if limit is not None else None
+        if limit is None or rss is None or rss <= limit * 2**20:
+            return
+        message = f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}"
+        self._fail(record, "memory_limit", message)
+        self._kill(worker, "memory_limit")
+
+    def _check_cpu(self, worker: WorkerHandle, record: TaskRecord) -> None:
+        limit = self._config.max_cpu_seconds
+        used = cpu_seconds(worker.pid) if limit is not None else None
+        if limit is None or used is None or record.cpu_at_start is None:
+            return
+        if used - record.cpu_at_start > limit:
+            spent = used - record.cpu_at_start
+            self._stop(
+                record, "timeout", f"the task used {spent:.1f} s of CPU time, over max_cpu_seconds={limit:g}"
+            )
 
     # ----------------------------------------------------------------- shutdown
 
@@ -795,23 +860,6 @@ class Supervisor:
 
 
 _EMPTY_DEPS: Final = protocol.pack_payload({})
-
-
-def _tree_rss(pid: int | None) -> int | None:
-    """RSS of a worker plus its children (a handler's subprocesses count against its limit)."""
-    if pid is None:
-        return None
-    try:
-        root = psutil.Process(pid)
-        total: int = root.memory_info().rss
-        for child in root.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                continue
-        return total
-    except psutil.Error:
-        return None
 
 
 def _deliver_progress(

@@ -4,8 +4,9 @@ Handlers receive a `TaskContext`; a stop request raises `TaskCancelled` (or its 
 `TaskTimeout`) inside them. Nothing here imports the host side, so a worker starts light.
 """
 
+from workers.context import RateLimitError as RateLimitError
 from workers.context import TaskCancelled as TaskCancelled
 from workers.context import TaskContext as TaskContext
 from workers.context import TaskTimeout as TaskTimeout
 
-__all__ = ["TaskCancelled", "TaskContext", "TaskTimeout"]
+__all__ = ["RateLimitError", "TaskCancelled", "TaskContext", "TaskTimeout"]

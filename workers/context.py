@@ -26,6 +26,14 @@ class TaskTimeout(TaskCancelled):
     kind = "timeout"
 
 
+class RateLimitError(Exception):
+    """Raise it from a handler when a service said "too many requests".
+
+    The attempt ends with ``error.kind="rate_limit"``, which ``TaskSpec.retries`` retries with
+    backoff like a crash or a timeout.
+    """
+
+
 _STOP_EXCEPTIONS: dict[str, type[TaskCancelled]] = {
     "cancelled": TaskCancelled,
     "timeout": TaskTimeout,

@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
 from workers import protocol
-from workers.context import TaskCancelled, TaskContext, stop_exception
+from workers.context import RateLimitError, TaskCancelled, TaskContext, stop_exception
 from workers.registry import resolve_handler
 
 STOP_SIGNAL: Final = signal.SIGUSR1
@@ -182,6 +182,8 @@ class _WorkerRuntime:
             result = self._invoke(handler, ctx)
         except TaskCancelled as exc:
             return _failure(ctx.task_id, ctx.stop_reason or exc.kind, exc)
+        except RateLimitError as exc:
+            return _failure(ctx.task_id, "rate_limit", exc)
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
             return _failure(ctx.task_id, "exception", exc)
         try:

@@ -34,6 +34,8 @@ HANDLERS = {
         "poll_cancel",
         "allocate",
         "crash_once",
+        "rate_limited",
+        "busy_cpu",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -145,3 +147,19 @@ def crash_once(ctx: TaskContext) -> Any:
     if ctx.attempt == 1:
         os._exit(5)
     return ctx.attempt
+
+
+def rate_limited(ctx: TaskContext) -> Any:
+    """Raise RateLimitError on attempts before config['ok_on'], then succeed."""
+    from workers import RateLimitError
+
+    if ctx.attempt < ctx.config.get("ok_on", 99):
+        raise RateLimitError("429 too many requests")
+    return ctx.attempt
+
+
+def busy_cpu(ctx: TaskContext) -> Any:
+    """Burn CPU in pure Python until stopped."""
+    n = 0
+    while True:
+        n += 1

@@ -190,3 +190,73 @@ def test_a_host_script_without_main_guard_gets_a_clear_error(tmp_path, method: s
     )
     assert "RESULT worker_crashed" in done.stdout
     assert 'if __name__ == "__main__":' in done.stderr
+
+
+def test_retry_after_a_crash_on_the_first_attempt(make_orch) -> None:
+    orch = make_orch(max_workers=1)
+    result = orch.wait(
+        orch.submit_task({"type": "crash_once", "retries": 2, "retry_backoff": 0.01}), DEADLOCK_TIMEOUT
+    )
+    assert result.success
+    assert (result.data, result.attempts) == (2, 2)
+
+
+def test_retries_exhausted(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1)
+    orch.on("task_error", recorder)
+    orch.on("task_started", recorder)
+    result = orch.wait(
+        orch.submit_task({"type": "exit_hard", "retries": 2, "retry_backoff": 0.01}), DEADLOCK_TIMEOUT
+    )
+    assert result.error.kind == "worker_crashed"
+    assert result.attempts == 3
+    recorder.wait_for(lambda events: "task_error" in [e.event for e in events])
+    assert recorder.names() == ["task_started"] * 3 + ["task_error"], "one final event, after three attempts"
+
+
+def test_exceptions_are_retried_only_when_asked(make_orch) -> None:
+    orch = make_orch(max_workers=1)
+    plain = orch.wait(orch.submit_task({"type": "fail", "retries": 2, "retry_backoff": 0}), DEADLOCK_TIMEOUT)
+    assert (plain.error.kind, plain.attempts) == ("exception", 1)
+    spec = {"type": "fail", "retries": 2, "retry_backoff": 0, "retry_on_exception": True}
+    asked = orch.wait(orch.submit_task(spec), DEADLOCK_TIMEOUT)
+    assert (asked.error.kind, asked.attempts) == ("exception", 3)
+
+
+def test_rate_limit_is_retried(make_orch) -> None:
+    orch = make_orch(max_workers=1)
+    spec = {"type": "rate_limited", "config": {"ok_on": 3}, "retries": 3, "retry_backoff": 0.01}
+    result = orch.wait(orch.submit_task(spec), DEADLOCK_TIMEOUT)
+    assert (result.data, result.attempts) == (3, 3)
+    spec = {"type": "rate_limited", "retries": 1, "retry_backoff": 0.01}
+    result = orch.wait(orch.submit_task(spec), DEADLOCK_TIMEOUT)
+    assert (result.error.kind, result.attempts) == ("rate_limit", 2)
+
+
+def test_a_timed_out_attempt_is_retried_with_the_same_id(make_orch) -> None:
+    orch = make_orch(max_workers=1)
+    task_id = orch.submit_task(
+        {"type": "sleep", "config": {"seconds": 60}, "timeout": 0.2, "retries": 1, "retry_backoff": 0}
+    )
+    result = orch.wait(task_id, DEADLOCK_TIMEOUT)
+    assert (result.task_id, result.error.kind, result.attempts) == (task_id, "timeout", 2)
+
+
+def test_cancel_during_retry_backoff(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1)
+    orch.on("task_started", recorder)
+    task_id = orch.submit_task({"type": "exit_hard", "retries": 3, "retry_backoff": 30})
+    recorder.wait_for(lambda events: len(events) == 1)
+    orch.get_status()  # a round trip through the supervisor
+    assert orch.cancel(task_id) is True
+    assert orch.wait(task_id, DEADLOCK_TIMEOUT).status is TaskStatus.CANCELLED
+    assert orch.get_status().queued == 0
+
+
+def test_cpu_time_limit(make_orch) -> None:
+    orch = make_orch(max_workers=1, max_cpu_seconds=0.3, resource_check_interval=0.1)
+    result = orch.wait(orch.submit_task({"type": "busy_cpu"}), DEADLOCK_TIMEOUT)
+    assert result.error.kind == "timeout"
+    assert "CPU time" in result.error.message
+    after = orch.wait(orch.submit_task({"type": "busy_cpu", "timeout": 0.2}), DEADLOCK_TIMEOUT)
+    assert after.worker_pid == result.worker_pid, "a pure-Python loop is interrupted; the worker survives"
