@@ -83,9 +83,9 @@ class WorkerPool:
         check_not_reimported_main()
         self._start_method = start_method
         self._context: Any = multiprocessing.get_context(start_method)
-        self._uses_forkserver = start_method == "forkserver"
-        if self._uses_forkserver:
-            _forkserver_lease.acquire()
+        self._leased = start_method != "fork"
+        if self._leased:
+            _helper_lease.acquire()
 
     def spawn(self, worker_id: int) -> WorkerHandle:
         """Start one worker process; it says Hello on its pipe once it is ready for tasks."""
@@ -103,10 +103,10 @@ class WorkerPool:
         return WorkerHandle(worker_id, process, host_end)
 
     def close(self) -> None:
-        """Release this pool's share of the fork server (stopped when no pool of ours uses it)."""
-        if self._uses_forkserver:
-            self._uses_forkserver = False
-            _forkserver_lease.release()
+        """Release this pool's share of the multiprocessing helpers (see `_HelperLease`)."""
+        if self._leased:
+            self._leased = False
+            _helper_lease.release()
 
 
 def exit_reason_of(exitcode: int | None) -> str:
@@ -131,13 +131,14 @@ def check_not_reimported_main() -> None:
         raise OrchestratorError(MAIN_GUARD_HELP)
 
 
-class _ForkserverLease:
-    """Counts this process's pools on the fork server; the last one out stops what we started.
+class _HelperLease:
+    """Counts this process's pools; the last one out stops the helpers an orchestrator started.
 
-    The fork server and the resource tracker it starts are per-process singletons of
-    multiprocessing. Left running, they would outlive every orchestrator as child processes of
-    the host. They are stopped only if an orchestrator started them and nothing else forked
-    from the server still runs.
+    The fork server and the resource tracker are per-process singletons of multiprocessing,
+    started on first use by ``forkserver`` (both) and ``spawn`` (the tracker). Left running,
+    they would outlive every orchestrator as child processes of the host. Each is stopped only
+    if an orchestrator started it and no other child of the host still runs, since any such
+    process may hold the helper's pipe (and stopping the tracker waits for every holder).
     """
 
     def __init__(self) -> None:
@@ -152,21 +153,24 @@ class _ForkserverLease:
                 self._started_forkserver = _forkserver_pid() is None
                 self._started_tracker = _tracker_pid() is None
                 if self._started_forkserver:
-                    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+                    forkserver.set_forkserver_preload(FORKSERVER_PRELOAD)
             self._users += 1
 
     def release(self) -> None:
         with self._lock:
             self._users -= 1
-            if self._users > 0 or not self._started_forkserver:
+            if self._users > 0:
                 return
-            server = _forkserver_pid()
-            if server is not None and _has_children(server):
+            helpers = {_forkserver_pid(), _tracker_pid()} - {None}
+            others = [c for c in psutil.Process().children() if c.pid not in helpers]
+            if others:
                 return
-            forkserver._forkserver._stop()  # type: ignore[attr-defined]
+            if self._started_forkserver and _forkserver_pid() is not None:
+                forkserver._forkserver._stop()  # type: ignore[attr-defined]
             if self._started_tracker and _tracker_pid() is not None:
                 resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
-            logger.debug("stopped the fork server this orchestrator started")
+            self._started_forkserver = self._started_tracker = False
+            logger.debug("stopped the multiprocessing helpers this orchestrator started")
 
 
 def _forkserver_pid() -> int | None:
@@ -177,11 +181,4 @@ def _tracker_pid() -> int | None:
     return resource_tracker._resource_tracker._pid  # type: ignore[attr-defined,no-any-return]
 
 
-def _has_children(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).children())
-    except psutil.Error:
-        return False
-
-
-_forkserver_lease = _ForkserverLease()
+_helper_lease = _HelperLease()

@@ -57,8 +57,11 @@ def test_uninterruptible_handler_is_killed_after_the_grace(make_orch, recorder: 
 
 
 @pytest.mark.parametrize(("handler", "how"), CRASHES)
-def test_worker_crash_fails_only_its_task(make_orch, handler: str, how: str, recorder: Recorder) -> None:
-    orch = make_orch(max_workers=2)
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_worker_crash_fails_only_its_task(
+    make_orch, method: str, handler: str, how: str, recorder: Recorder
+) -> None:
+    orch = make_orch(max_workers=2, start_method=method)
     orch.on("worker_exited", recorder)
     result = orch.wait(orch.submit_task({"type": handler}), DEADLOCK_TIMEOUT)
     assert result.status is TaskStatus.ERROR
