@@ -35,6 +35,7 @@ from typing import Any, Final, TypeVar, cast
 from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.errors import OrchestratorClosedError
 from orchestrator.events import Callback, EventBus, call_each
+from orchestrator.limits import cpu_seconds, kill_process_tree, tree_rss
 from orchestrator.models import (
     ErrorKind,
     OrchestratorStatus,
@@ -50,7 +51,6 @@ from orchestrator.models import (
     WorkerExitedEvent,
     WorkerSpawnedEvent,
 )
-from orchestrator.limits import cpu_seconds, kill_process_tree, tree_rss
 from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of
 from orchestrator.scheduler import ReadyQueue, Timer, Timers
 from workers import protocol
