@@ -8,6 +8,7 @@ is skipped, never an error.
 from __future__ import annotations
 
 import contextlib
+import signal
 
 import psutil
 
@@ -43,8 +44,8 @@ def cpu_seconds(pid: int | None) -> float | None:
     return float(times.user + times.system)
 
 
-def kill_process_tree(pid: int | None) -> None:
-    """SIGKILL a worker and every process below it, children first, ignoring those already gone."""
+def kill_process_tree(pid: int | None, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal a worker and every process below it (SIGKILL by default), children first."""
     if pid is None:
         return
     try:
@@ -53,4 +54,4 @@ def kill_process_tree(pid: int | None) -> None:
         return
     for process in reversed(processes):
         with contextlib.suppress(psutil.Error):
-            process.kill()
+            process.send_signal(sig)

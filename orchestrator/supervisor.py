@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from collections import deque
@@ -61,6 +62,8 @@ T = TypeVar("T")
 
 # A worker told to exit gets this long before it is killed.
 STOP_TIMEOUT: Final = 3.0
+# Between the SIGTERM and the SIGKILL of a worker whose handler ignored a stop request.
+TERMINATE_GRACE: Final = 0.25
 # Workers that die before saying Hello this many times in a row stop the pool from respawning
 # on its own (min_workers, fixed pools); each task still gets its own attempt and error.
 MAX_START_FAILURES: Final = 3
@@ -609,9 +612,18 @@ class Supervisor:
             self._stop(record, "timeout", f"the task ran past its timeout of {timeout:g} s")
 
     def _on_grace_expired(self, worker: WorkerHandle, task_id: str, reason: str) -> None:
+        """The handler outlived its stop request: SIGTERM its worker's tree, SIGKILL it shortly after."""
         if worker.current_task == task_id and worker.worker_id in self._workers:
-            logger.warning("worker %d ignored a stop request for %s; killing it", worker.worker_id, task_id)
-            self._kill(worker, reason)
+            logger.warning(
+                "worker %d ignored a stop request for %s; terminating it", worker.worker_id, task_id
+            )
+            self._forget_idle(worker)
+            worker.state = "stopping"
+            worker.exit_reason = reason
+            kill_process_tree(worker.pid, signal.SIGTERM)
+            worker.timer = self._timers.schedule(
+                time.monotonic() + TERMINATE_GRACE, self._kill, worker, reason
+            )
 
     # ----------------------------------------------------------------- worker lifecycle
 

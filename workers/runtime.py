@@ -96,6 +96,8 @@ class _WorkerRuntime:
             self._loop.close()
 
     def _read_host_messages(self) -> None:
+        # Signals are for the main thread: a handler that blocks SIGTERM there is not overruled here.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, STOP_SIGNAL})
         while True:
             try:
                 if not self._conn.poll(HOST_CHECK_INTERVAL):
