@@ -10,6 +10,7 @@ import logging
 import secrets
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, Final, Literal, Self
@@ -124,6 +125,14 @@ class ParallelOrchestrator:
             f"<ParallelOrchestrator {self.config.name!r} {self._state} "
             f"max_workers={self.config.max_workers} tasks={len(self._tasks)}>"
         )
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "running":
+            warnings.warn(
+                f"orchestrator {self.config.name!r} was never shut down; call shutdown() or use `with`",
+                ResourceWarning,
+                stacklevel=2,
+            )
 
     def __reduce__(self) -> Any:
         raise TypeError("a ParallelOrchestrator cannot be pickled; pass task ids, not the orchestrator")

@@ -262,3 +262,34 @@ def test_status_counts(make_orch) -> None:
     workers = orch.get_workers()
     assert sum(w.tasks_completed for w in workers) == 4
     assert all(w.rss_bytes and w.rss_bytes > 0 and w.state == "idle" for w in workers)
+
+
+def test_shutdown_from_a_callback_does_not_deadlock(make_orch) -> None:
+    orch = make_orch()
+    finished = threading.Event()
+
+    def stop(event: object) -> None:
+        orch.shutdown(wait=True)
+        finished.set()
+
+    orch.on("task_completed", stop)
+    orch.submit_task({"type": "echo"})
+    assert finished.wait(DEADLOCK_TIMEOUT)
+    assert orch.get_status().workers == 0
+
+
+def test_submit_from_many_threads(make_orch) -> None:
+    orch = make_orch(max_workers=2, task_queue_size=1000)
+    ids: list[str] = []
+
+    def submit_some() -> None:
+        for i in range(100):
+            ids.append(orch.submit_task({"type": "echo", "config": {"i": i}}))
+
+    threads = [threading.Thread(target=submit_some) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 800
+    assert all(orch.wait(t, DEADLOCK_TIMEOUT).success for t in ids)
