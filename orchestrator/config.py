@@ -46,6 +46,9 @@ class OrchestratorConfig(BaseModel):
     worker_type_limits: dict[str, int] = Field(
         default_factory=dict, description="most running tasks per type"
     )
+    worker_concurrency: dict[str, int] = Field(
+        default_factory=dict, description="async tasks one worker of a type runs at once (default 1)"
+    )
     handlers: dict[str, str] = Field(
         default_factory=dict, description='extra task types: name -> "module:function"'
     )
@@ -63,12 +66,12 @@ class OrchestratorConfig(BaseModel):
                 raise ValueError(f"handler for {task_type!r} is {path!r}; expected 'module:function'")
         return handlers
 
-    @field_validator("worker_type_limits")
+    @field_validator("worker_type_limits", "worker_concurrency")
     @classmethod
     def _check_limits(cls, limits: dict[str, int]) -> dict[str, int]:
         for task_type, cap in limits.items():
             if isinstance(cap, bool) or cap < 1:
-                raise ValueError(f"limit for {task_type!r} is {cap!r}; it must be an int >= 1")
+                raise ValueError(f"the value for {task_type!r} is {cap!r}; it must be an int >= 1")
         return limits
 
     @field_validator("name")
@@ -87,9 +90,10 @@ class OrchestratorConfig(BaseModel):
             raise ValueError(
                 f"min_workers ({self.min_workers}) must not exceed max_workers ({self.max_workers})"
             )
-        unknown = sorted(set(self.worker_type_limits) - set(self.task_handlers()))
-        if unknown:
-            raise ValueError(f"worker_type_limits names unknown task types: {', '.join(unknown)}")
+        for field in ("worker_type_limits", "worker_concurrency"):
+            unknown = sorted(set(getattr(self, field)) - set(self.task_handlers()))
+            if unknown:
+                raise ValueError(f"{field} names unknown task types: {', '.join(unknown)}")
         return self
 
     def task_handlers(self) -> dict[str, str]:

@@ -105,6 +105,7 @@ class WorkerInfo(_Frozen):
     type: str | None
     state: WorkerState
     current_task: str | None
+    current_tasks: list[str]
     tasks_completed: int
     rss_bytes: int | None
     started_at: datetime

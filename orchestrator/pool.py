@@ -49,13 +49,23 @@ class WorkerHandle:
     conn: Connection
     type: str | None = None
     state: str = "starting"
-    current_task: str | None = None
-    pending: protocol.RunTask | None = None
+    tasks: dict[str, None] = field(default_factory=dict)
+    pending: list[protocol.RunTask] = field(default_factory=list)
+    capacity: int = 1
     tasks_completed: int = 0
     started_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.time)
     exit_reason: str | None = None
     timer: Timer | None = None
+
+    @property
+    def current_task(self) -> str | None:
+        """The oldest task this worker runs (None when it runs none)."""
+        return next(iter(self.tasks), None)
+
+    def has_room(self) -> bool:
+        """True while the worker runs fewer tasks than it can (1, or its type's concurrency)."""
+        return len(self.tasks) < self.capacity and self.exit_reason is None
 
     @property
     def pid(self) -> int | None:

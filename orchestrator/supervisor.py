@@ -129,7 +129,6 @@ class Supervisor:
         self._ready = ReadyQueue()
         self._timers = Timers()
         self._workers: dict[int, WorkerHandle] = {}
-        self._idle: dict[str | None, list[WorkerHandle]] = {}
         self._waitables: dict[Any, WorkerHandle] = {}
         self._running_by_type: dict[str, int] = {}
         self._counts = dict.fromkeys(TaskStatus, 0)
@@ -276,10 +275,11 @@ class Supervisor:
         return cap is None or self._running_by_type.get(task_type, 0) < cap
 
     def _worker_for(self, task_type: str) -> WorkerHandle | None:
-        for key in (task_type, None):
-            idle = self._idle.get(key)
-            if idle:
-                return idle.pop()
+        """A worker of this type with room (the most recently active), an untyped one, or a new one."""
+        for wanted in (task_type, None):
+            fits = [w for w in self._workers.values() if w.type == wanted and w.has_room()]
+            if fits:
+                return max(fits, key=lambda w: w.last_active)
         if len(self._workers) < self._config.max_workers:
             return self._spawn_worker()
         self._make_room()
@@ -289,9 +289,9 @@ class Supervisor:
         """Retire the least recently used idle worker of another type, one at a time."""
         if any(w.exit_reason == "retired" for w in self._workers.values()):
             return
-        candidates = [w for key, idle in self._idle.items() if key is not None for w in idle]
-        if candidates:
-            self._retire(min(candidates, key=lambda w: w.last_active), "retired")
+        idle = [w for w in self._workers.values() if w.state == "idle" and w.type is not None]
+        if idle:
+            self._retire(min(idle, key=lambda w: w.last_active), "retired")
 
     def _assign(self, record: TaskRecord, worker: WorkerHandle) -> None:
         spec = record.spec
@@ -301,7 +301,7 @@ class Supervisor:
         record.in_ready = False
         Timers.cancel(worker.timer)
         worker.type = spec.type
-        worker.current_task = record.task_id
+        worker.tasks[record.task_id] = None
         record.worker = worker
         record.attempts += 1
         self._running_by_type[spec.type] = self._running_by_type.get(spec.type, 0) + 1
@@ -315,7 +315,7 @@ class Supervisor:
             record.attempts,
         )
         if worker.state == "starting":
-            worker.pending = msg
+            worker.pending.append(msg)
         else:
             worker.state = "busy"
             worker.send(msg)
@@ -341,7 +341,7 @@ class Supervisor:
         elif isinstance(msg, protocol.TaskPartial):
             self._on_partial(worker, msg)
         elif isinstance(msg, protocol.TaskStarted):
-            self._on_started(worker, msg.task_id)
+            self._on_started(worker, msg.task_id, msg.concurrent)
         elif isinstance(msg, protocol.Hello):
             self._on_hello(worker)
 
@@ -349,10 +349,11 @@ class Supervisor:
         self._start_failures = 0
         if worker.state != "starting":
             return
-        if worker.pending is not None:
+        if worker.pending:
             worker.state = "busy"
-            worker.send(worker.pending)
-            worker.pending = None
+            for msg in worker.pending:
+                worker.send(msg)
+            worker.pending.clear()
         else:
             self._make_idle(worker)
 
@@ -363,7 +364,9 @@ class Supervisor:
             return None
         return record
 
-    def _on_started(self, worker: WorkerHandle, task_id: str) -> None:
+    def _on_started(self, worker: WorkerHandle, task_id: str, concurrent: bool) -> None:
+        if concurrent:
+            worker.capacity = self._config.worker_concurrency.get(worker.type or "", 1)
         record = self._active_record(worker, task_id)
         if record is None:
             return
@@ -378,7 +381,7 @@ class Supervisor:
             record.timer = self._timers.schedule(
                 time.monotonic() + timeout, self._on_timeout, record, timeout
             )
-        if self._config.max_cpu_seconds is not None:
+        if self._config.max_cpu_seconds is not None and worker.capacity == 1:
             record.cpu_at_start = cpu_seconds(worker.pid)
         self._watch_resources()
         listeners = self._bus.listeners("task_started")
@@ -443,8 +446,8 @@ class Supervisor:
                 self._complete(record, msg.data)
             else:
                 self._fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type)
-        if worker.current_task == msg.task_id:
-            self._release(worker)
+        if msg.task_id in worker.tasks:
+            self._release(worker, msg.task_id)
 
     def _complete(self, record: TaskRecord, packed: bytes) -> None:
         try:
@@ -454,21 +457,22 @@ class Supervisor:
             return
         self._finish(record, TaskStatus.COMPLETED, data=data)
 
-    def _release(self, worker: WorkerHandle) -> None:
-        """The worker's task is over: recycle it, or make it idle for the next task."""
-        Timers.cancel(worker.timer)
-        worker.current_task = None
+    def _release(self, worker: WorkerHandle, task_id: str) -> None:
+        """One of the worker's tasks is over; with none left, recycle it or make it idle."""
+        del worker.tasks[task_id]
         worker.tasks_completed += 1
         worker.last_active = time.time()
         limit = self._config.max_tasks_per_worker
         if limit is not None and worker.tasks_completed >= limit:
-            self._retire(worker, "recycled")
-        else:
+            worker.capacity = 0
+            if not worker.tasks:
+                self._retire(worker, "recycled")
+        elif not worker.tasks and worker.exit_reason is None:
             self._make_idle(worker)
 
     def _make_idle(self, worker: WorkerHandle) -> None:
+        Timers.cancel(worker.timer)
         worker.state = "idle"
-        self._idle.setdefault(worker.type, []).append(worker)
         if self._closing:
             self._retire_unneeded_workers()
         elif self._config.enable_auto_scaling:
@@ -596,10 +600,10 @@ class Supervisor:
         """End a dispatched task now, ask its handler to stop, and kill it if it does not."""
         worker = record.worker
         self._fail(record, reason, message)
-        if worker is None or worker.current_task != record.task_id:
+        if worker is None or record.task_id not in worker.tasks:
             return
         worker.send(protocol.StopTask(record.task_id, reason))
-        worker.timer = self._timers.schedule(
+        self._timers.schedule(
             time.monotonic() + self._config.timeout_grace,
             self._on_grace_expired,
             worker,
@@ -613,11 +617,11 @@ class Supervisor:
 
     def _on_grace_expired(self, worker: WorkerHandle, task_id: str, reason: str) -> None:
         """The handler outlived its stop request: SIGTERM its worker's tree, SIGKILL it shortly after."""
-        if worker.current_task == task_id and worker.worker_id in self._workers:
+        if task_id in worker.tasks and worker.worker_id in self._workers and worker.state != "stopping":
             logger.warning(
                 "worker %d ignored a stop request for %s; terminating it", worker.worker_id, task_id
             )
-            self._forget_idle(worker)
+            Timers.cancel(worker.timer)
             worker.state = "stopping"
             worker.exit_reason = reason
             kill_process_tree(worker.pid, signal.SIGTERM)
@@ -652,11 +656,10 @@ class Supervisor:
             and sum(w.exit_reason is None for w in self._workers.values()) < floor
             and self._start_failures < MAX_START_FAILURES
         ):
-            self._idle.setdefault(None, []).append(self._spawn_worker())
+            self._spawn_worker()
 
     def _retire(self, worker: WorkerHandle, reason: str) -> None:
         """Ask a worker without a task to exit; it is killed if it has not after STOP_TIMEOUT."""
-        self._forget_idle(worker)
         Timers.cancel(worker.timer)
         worker.state = "stopping"
         worker.exit_reason = reason
@@ -667,16 +670,10 @@ class Supervisor:
     def _kill(self, worker: WorkerHandle, reason: str) -> None:
         if worker.worker_id not in self._workers:
             return
-        self._forget_idle(worker)
         worker.state = "stopping"
         worker.exit_reason = reason
         kill_process_tree(worker.pid)
         logger.debug("killed worker %d (%s)", worker.worker_id, reason)
-
-    def _forget_idle(self, worker: WorkerHandle) -> None:
-        idle = self._idle.get(worker.type)
-        if idle and worker in idle:
-            idle.remove(worker)
 
     def _on_idle_timeout(self, worker: WorkerHandle) -> None:
         busy_or_gone = worker.state != "idle" or worker.worker_id not in self._workers
@@ -691,7 +688,6 @@ class Supervisor:
         worker.process.join()
         exitcode = worker.process.exitcode
         Timers.cancel(worker.timer)
-        self._forget_idle(worker)
         self._workers.pop(worker.worker_id, None)
         self._waitables.pop(worker.conn, None)
         self._waitables.pop(worker.sentinel, None)
@@ -725,9 +721,6 @@ class Supervisor:
     def _fail_task_of_dead_worker(
         self, worker: WorkerHandle, reason: str, exitcode: int | None, never_started: bool
     ) -> None:
-        record = self._tasks.get(worker.current_task) if worker.current_task else None
-        if record is None or record.result is not None:
-            return
         how = exit_reason_of(exitcode)
         if never_started:
             message = (
@@ -736,7 +729,13 @@ class Supervisor:
             )
         else:
             message = f"worker pid {worker.pid} died while running the task ({how})"
-        self._fail(record, "worker_crashed", message)
+        for record in self._open_records(worker):
+            self._fail(record, "worker_crashed", message)
+
+    def _open_records(self, worker: WorkerHandle) -> list[TaskRecord]:
+        """The not yet final tasks that this worker still runs for us."""
+        records = (self._tasks.get(task_id) for task_id in worker.tasks)
+        return [r for r in records if r is not None and r.result is None and r.worker is worker]
 
     # ----------------------------------------------------------------- limits
 
@@ -750,25 +749,26 @@ class Supervisor:
     def _enforce_resource_limits(self) -> None:
         """Kill workers over max_memory_mb; stop tasks over max_cpu_seconds (as timeouts)."""
         self._resource_timer = None
-        busy = [w for w in self._workers.values() if w.state == "busy" and w.current_task]
+        busy = [w for w in self._workers.values() if w.state == "busy"]
         for worker in busy:
-            record = self._tasks.get(worker.current_task or "")
-            if record is None or record.result is not None or record.status is not TaskStatus.RUNNING:
-                continue
-            self._check_memory(worker, record)
-            if record.result is None and record.worker is worker:
-                self._check_cpu(worker, record)
+            running = [r for r in self._open_records(worker) if r.status is TaskStatus.RUNNING]
+            if running and not self._over_memory(worker, running):
+                for record in running:
+                    self._check_cpu(worker, record)
         if busy:
             self._watch_resources()
 
-    def _check_memory(self, worker: WorkerHandle, record: TaskRecord) -> None:
+    def _over_memory(self, worker: WorkerHandle, running: list[TaskRecord]) -> bool:
+        """Past max_memory_mb, every task on the worker fails with memory_limit and it is killed."""
         limit = self._config.max_memory_mb
         rss = tree_rss(worker.pid) if limit is not None else None
         if limit is None or rss is None or rss <= limit * 2**20:
-            return
+            return False
         message = f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}"
-        self._fail(record, "memory_limit", message)
+        for record in running:
+            self._fail(record, "memory_limit", message)
         self._kill(worker, "memory_limit")
+        return True
 
     def _check_cpu(self, worker: WorkerHandle, record: TaskRecord) -> None:
         limit = self._config.max_cpu_seconds
@@ -800,7 +800,7 @@ class Supervisor:
         self._cancel_all(TaskStatus.QUEUED, "cancelled: shutdown timed out before the task ran")
         self._cancel_all(TaskStatus.RUNNING, "cancelled: shutdown timed out while the task ran")
         for worker in list(self._workers.values()):
-            if worker.current_task is not None:
+            if worker.tasks:
                 self._kill(worker, "shutdown")
 
     def _retire_unneeded_workers(self) -> None:
@@ -808,7 +808,7 @@ class Supervisor:
         if not self._closing or self._ready:
             return
         for worker in list(self._workers.values()):
-            if worker.state in ("idle", "starting") and worker.current_task is None:
+            if worker.state in ("idle", "starting") and not worker.tasks:
                 self._retire(worker, "shutdown")
 
     def _close_down(self) -> None:
@@ -863,6 +863,7 @@ class Supervisor:
                 "type": w.type,
                 "state": w.state,
                 "current_task": w.current_task,
+                "current_tasks": list(w.tasks),
                 "tasks_completed": w.tasks_completed,
                 "started_at": _utc(w.started_at),
                 "last_active": _utc(w.last_active),

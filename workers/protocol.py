@@ -86,10 +86,14 @@ class Hello:
 
 @dataclass(slots=True)
 class TaskStarted:
-    """Worker -> host: the handler is about to be called (a timeout's clock starts here)."""
+    """Worker -> host: the handler is about to be called (a timeout's clock starts here).
+
+    ``concurrent`` is True for an ``async def`` handler: such a worker can take more tasks at once.
+    """
 
     TAG: ClassVar[int] = 11
     task_id: str
+    concurrent: bool
 
 
 @dataclass(slots=True)

@@ -23,7 +23,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
@@ -38,6 +37,8 @@ _STOP_MASK: Final = {STOP_SIGNAL}
 # reports a dead host under spawn and forkserver; under fork, siblings may hold copies of the
 # host's pipe ends, so the pid check is what bounds the time an orphan lives.
 HOST_CHECK_INTERVAL: Final = 0.5
+# Stop requests can race with a task's own end and then name a task that never comes; keep few.
+_MAX_EARLY_STOPS: Final = 1000
 
 
 def worker_main(conn: Connection, worker_id: int, host_pid: int, host_end_fd: int) -> None:
@@ -57,7 +58,13 @@ def worker_main(conn: Connection, worker_id: int, host_pid: int, host_end_fd: in
 
 
 class _WorkerRuntime:
-    """The state of one worker process, shared by its main thread and its reader thread."""
+    """The state of one worker process, shared by its main thread and its reader thread.
+
+    A worker runs in one of two modes, fixed by the kind of its first handler (a worker never
+    changes type). Sync: one task at a time on the main thread, stopped by a signal. Async: the
+    main thread runs an event loop with every task as an asyncio task, as many at once as the
+    host sends (its ``worker_concurrency``), each stopped by cancelling it.
+    """
 
     def __init__(self, conn: Connection, worker_id: int, host_pid: int) -> None:
         self._conn = conn
@@ -65,16 +72,18 @@ class _WorkerRuntime:
         self._host_pid = host_pid
         self._main_ident = threading.get_ident()
         self._inbox: queue.SimpleQueue[protocol.Message] = queue.SimpleQueue()
+        self._deliver: Callable[[protocol.Message], None] = self._inbox.put
         self._send_lock = threading.Lock()
-        # Guards the hand-over of a stop request between the reader thread and the main thread.
-        self._stop_lock = threading.Lock()
-        self._current: TaskContext | None = None
+        # Guards what the reader thread and the main thread hand each other: which tasks run,
+        # stop requests for tasks not yet started, and where new messages go.
+        self._lock = threading.Lock()
+        self._running: dict[str, TaskContext] = {}
         self._early_stops: dict[str, str] = {}
         self._in_handler = False
         self._sending = 0
         self._deferred_stop = False
-        self._async_task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._async_tasks: dict[str, asyncio.Task[None]] = {}
         self._handlers: dict[str, Callable[..., Any]] = {}
 
     def serve(self) -> None:
@@ -85,15 +94,16 @@ class _WorkerRuntime:
         self._send(protocol.Hello(self._worker_id, os.getpid(), protocol.PROTOCOL_VERSION))
         reader = threading.Thread(target=self._read_host_messages, name="orch-reader", daemon=True)
         reader.start()
-        while True:
-            msg = self._inbox.get()
-            if not isinstance(msg, protocol.RunTask):
-                break
-            reply = self._run_task(msg)
+        while isinstance(msg := self._inbox.get(), protocol.RunTask):
+            prepared = self._prepare(msg)
             del msg
-            self._send(reply)
-        if self._loop is not None:
-            self._loop.close()
+            if isinstance(prepared, protocol.TaskFailed):
+                self._send(prepared)
+            elif inspect.iscoroutinefunction(prepared[1]):
+                self._serve_async(*prepared)
+                return
+            else:
+                self._send(self._run_sync(*prepared))
 
     def _read_host_messages(self) -> None:
         # Signals are for the main thread: a handler that blocks SIGTERM there is not overruled here.
@@ -113,26 +123,76 @@ class _WorkerRuntime:
             if isinstance(msg, protocol.StopTask):
                 self._request_stop(msg.task_id, msg.reason)
                 continue
-            self._inbox.put(msg)
+            with self._lock:
+                self._deliver(msg)
             if isinstance(msg, protocol.Shutdown):
                 return
 
     def _request_stop(self, task_id: str, reason: str) -> None:
-        with self._stop_lock:
-            ctx = self._current
-            if ctx is None or ctx.task_id != task_id:
+        with self._lock:
+            ctx = self._running.get(task_id)
+            if ctx is None:
+                if len(self._early_stops) >= _MAX_EARLY_STOPS:
+                    del self._early_stops[next(iter(self._early_stops))]
                 self._early_stops[task_id] = reason
                 return
             ctx.request_stop(reason)
-        signal.pthread_kill(self._main_ident, STOP_SIGNAL)
+            loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._cancel_async, task_id)
+        else:
+            signal.pthread_kill(self._main_ident, STOP_SIGNAL)
+
+    def _prepare(self, msg: protocol.RunTask) -> tuple[TaskContext, Callable[..., Any]] | protocol.TaskFailed:
+        """Resolve the handler and build the context; a failure here is the task's error."""
+        try:
+            handler = self._resolve(msg.handler)
+            config = protocol.unpack_payload(msg.config)
+            deps = protocol.unpack_payload(msg.deps)
+        except Exception as exc:  # noqa: BLE001 - reported to the host as the task's error
+            return _failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}: ")
+        ctx = TaskContext(msg.task_id, msg.task_type, msg.description, config, deps, msg.attempt, self._send)
+        with self._lock:
+            early_stop = self._early_stops.pop(msg.task_id, None)
+            if early_stop is None:
+                self._running[msg.task_id] = ctx
+        if early_stop is not None:
+            return _failure(msg.task_id, early_stop, stop_exception(early_stop))
+        return ctx, handler
+
+    def _finished(self, ctx: TaskContext) -> None:
+        with self._lock:
+            self._running.pop(ctx.task_id, None)
+
+    # ------------------------------------------------------------------ sync mode
+
+    def _run_sync(self, ctx: TaskContext, handler: Callable[..., Any]) -> protocol.Message:
+        try:
+            self._send(protocol.TaskStarted(ctx.task_id, False))
+            result = self._invoke(handler, ctx)
+        except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
+            return _classify(ctx, exc)
+        finally:
+            self._finished(ctx)
+        return _result_message(ctx, result)
+
+    def _invoke(self, handler: Callable[..., Any], ctx: TaskContext) -> Any:
+        """Call the handler with the stop signal deliverable, and only while it runs."""
+        self._in_handler = True
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_MASK)
+        try:
+            return handler(ctx)
+        finally:
+            self._in_handler = False
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_MASK)
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
-        ctx = self._current
-        if not self._in_handler or ctx is None or ctx.stop_reason is None:
+        if not self._in_handler:
             return
-        if self._async_task is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._async_task.cancel)
-        elif self._sending:
+        ctx = next(iter(self._running.values()), None)
+        if ctx is None or ctx.stop_reason is None:
+            return
+        if self._sending:
             self._deferred_stop = True
         else:
             raise stop_exception(ctx.stop_reason)
@@ -155,77 +215,91 @@ class _WorkerRuntime:
     def _raise_deferred_stop(self) -> None:
         if self._deferred_stop and not self._sending:
             self._deferred_stop = False
-            ctx = self._current
+            ctx = next(iter(self._running.values()), None)
             if self._in_handler and ctx is not None and ctx.stop_reason is not None:
                 raise stop_exception(ctx.stop_reason)
 
-    def _run_task(self, msg: protocol.RunTask) -> protocol.Message:
-        try:
-            handler = self._resolve(msg.handler)
-            config = protocol.unpack_payload(msg.config)
-            deps = protocol.unpack_payload(msg.deps)
-        except Exception as exc:  # noqa: BLE001 - reported to the host as the task's error
-            return _failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}: ")
-        ctx = TaskContext(msg.task_id, msg.task_type, msg.description, config, deps, msg.attempt, self._send)
-        with self._stop_lock:
-            self._current = ctx
-            early_stop = self._early_stops.pop(msg.task_id, None)
-        try:
-            if early_stop is not None:
-                return _failure(msg.task_id, early_stop, stop_exception(early_stop))
-            self._send(protocol.TaskStarted(msg.task_id))
-            return self._outcome(ctx, handler)
-        finally:
-            with self._stop_lock:
-                self._current = None
+    # ------------------------------------------------------------------ async mode
 
-    def _outcome(self, ctx: TaskContext, handler: Callable[..., Any]) -> protocol.Message:
+    def _serve_async(self, ctx: TaskContext, handler: Callable[..., Any]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
-            result = self._invoke(handler, ctx)
-        except TaskCancelled as exc:
-            return _failure(ctx.task_id, ctx.stop_reason or exc.kind, exc)
-        except RateLimitError as exc:
-            return _failure(ctx.task_id, "rate_limit", exc)
+            loop.run_until_complete(self._async_main(loop, ctx, handler))
+        finally:
+            loop.close()
+
+    async def _async_main(
+        self, loop: asyncio.AbstractEventLoop, ctx: TaskContext, handler: Callable[..., Any]
+    ) -> None:
+        inbox: asyncio.Queue[protocol.Message] = asyncio.Queue()
+        with self._lock:
+            self._loop = loop
+
+            def deliver(msg: protocol.Message) -> None:
+                loop.call_soon_threadsafe(inbox.put_nowait, msg)
+
+            self._deliver = deliver
+            while not self._inbox.empty():
+                inbox.put_nowait(self._inbox.get_nowait())
+        self._start_async(ctx, handler)
+        while isinstance(msg := await inbox.get(), protocol.RunTask):
+            prepared = self._prepare(msg)
+            if isinstance(prepared, protocol.TaskFailed):
+                self._send(prepared)
+            else:
+                self._start_async(*prepared)
+        if self._async_tasks:
+            await asyncio.wait(list(self._async_tasks.values()))
+
+    def _start_async(self, ctx: TaskContext, handler: Callable[..., Any]) -> None:
+        self._send(protocol.TaskStarted(ctx.task_id, True))
+        task = asyncio.get_running_loop().create_task(self._run_async(ctx, handler))
+        self._async_tasks[ctx.task_id] = task
+        if ctx.stop_reason is not None:
+            task.cancel()
+
+    async def _run_async(self, ctx: TaskContext, handler: Callable[..., Any]) -> None:
+        try:
+            result = await handler(ctx)
+        except asyncio.CancelledError:
+            reason = ctx.stop_reason or "cancelled"
+            reply: protocol.Message = _failure(ctx.task_id, reason, stop_exception(reason))
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
-            return _failure(ctx.task_id, "exception", exc)
-        try:
-            return protocol.TaskDone(ctx.task_id, protocol.pack_payload(result))
-        except protocol.PayloadError as exc:
-            return _failure(ctx.task_id, "serialization", exc, prefix="the handler's result is ")
-
-    def _invoke(self, handler: Callable[..., Any], ctx: TaskContext) -> Any:
-        """Call the handler with the stop signal deliverable, and only while it runs."""
-        run: Callable[[], Any]
-        if inspect.iscoroutinefunction(handler):
-            loop = self._event_loop()
-            self._async_task = loop.create_task(handler(ctx))
-            run = partial(loop.run_until_complete, self._async_task)
+            reply = _classify(ctx, exc)
         else:
-            run = partial(handler, ctx)
-        self._in_handler = True
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_MASK)
-        try:
-            return run()
-        except asyncio.CancelledError as exc:
-            if ctx.stop_reason is None:
-                raise
-            raise stop_exception(ctx.stop_reason) from exc
+            reply = _result_message(ctx, result)
         finally:
-            self._in_handler = False
-            self._async_task = None
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_MASK)
+            self._async_tasks.pop(ctx.task_id, None)
+            self._finished(ctx)
+        self._send(reply)
 
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-        return self._loop
+    def _cancel_async(self, task_id: str) -> None:
+        task = self._async_tasks.get(task_id)
+        if task is not None:
+            task.cancel()
 
     def _resolve(self, path: str) -> Callable[..., Any]:
         handler = self._handlers.get(path)
         if handler is None:
             handler = self._handlers[path] = resolve_handler(path)
         return handler
+
+
+def _classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
+    """The failure message for an exception that ended a handler."""
+    if isinstance(exc, TaskCancelled):
+        return _failure(ctx.task_id, ctx.stop_reason or exc.kind, exc)
+    if isinstance(exc, RateLimitError):
+        return _failure(ctx.task_id, "rate_limit", exc)
+    return _failure(ctx.task_id, "exception", exc)
+
+
+def _result_message(ctx: TaskContext, result: Any) -> protocol.Message:
+    try:
+        return protocol.TaskDone(ctx.task_id, protocol.pack_payload(result))
+    except protocol.PayloadError as exc:
+        return _failure(ctx.task_id, "serialization", exc, prefix="the handler's result is ")
 
 
 def _failure(task_id: str, kind: str, exc: BaseException, prefix: str = "") -> protocol.TaskFailed:

@@ -16,7 +16,7 @@ MESSAGES = [
     protocol.StopTask("t-1", "timeout"),
     protocol.Shutdown(),
     protocol.Hello(3, 1234, protocol.PROTOCOL_VERSION),
-    protocol.TaskStarted("t-1"),
+    protocol.TaskStarted("t-1", True),
     protocol.TaskProgress("t-1", 2, None, "half"),
     protocol.TaskPartial("t-1", protocol.pack_payload([1, 2])),
     protocol.TaskDone("t-1", protocol.pack_payload({"ok": True})),
