@@ -7,12 +7,13 @@ import atexit
 import contextlib
 import itertools
 import logging
+import queue
 import secrets
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Final, Literal, Self
 
 import psutil
@@ -249,11 +250,105 @@ class ParallelOrchestrator:
 
         supervisor = self._supervisor
         assert supervisor is not None
-        supervisor.call(lambda: supervisor.add_waiter(record, notify))
+        supervisor.call(lambda: supervisor.add_waiters([record], notify))
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise TimeoutError(f"task {task_id} is not final after {timeout} s") from None
+
+    def stream(self, task_id: str) -> Iterator[Any]:
+        """Yield each partial result of the task in emit order, then its final `TaskResult`.
+
+        A stream opened at any time replays the partials kept so far (the newest 1,000 per
+        task, of every attempt) before the live ones. It stops after the final result.
+        """
+        record = self._record(task_id)
+        supervisor = self._running_supervisor()
+        changed = threading.Event()
+        supervisor.call(lambda: supervisor.watch(record, changed.set))
+        cursor = _StreamCursor(record)
+        try:
+            while True:
+                changed.clear()
+                items, result = cursor.take()
+                yield from items
+                if result is not None:
+                    yield result
+                    return
+                changed.wait()
+        finally:
+            _post_quietly(supervisor, lambda: supervisor.unwatch(record, changed.set))
+
+    async def stream_async(self, task_id: str) -> AsyncIterator[Any]:
+        """`stream` for asyncio: ``async for item in orch.stream_async(task_id)``."""
+        record = self._record(task_id)
+        supervisor = self._running_supervisor()
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
+                loop.call_soon_threadsafe(changed.set)
+
+        supervisor.call(lambda: supervisor.watch(record, wake))
+        cursor = _StreamCursor(record)
+        try:
+            while True:
+                changed.clear()
+                items, result = cursor.take()
+                for data in items:
+                    yield data
+                if result is not None:
+                    yield result
+                    return
+                await changed.wait()
+        finally:
+            _post_quietly(supervisor, lambda: supervisor.unwatch(record, wake))
+
+    def as_completed(self, task_ids: Iterable[str], timeout: float | None = None) -> Iterator[TaskResult]:
+        """Yield the tasks' results as they become final (those already final first).
+
+        Raises:
+            TimeoutError: ``timeout`` seconds (for the whole iteration) passed first.
+            TaskNotFoundError: an unknown id (raised before anything is yielded).
+        """
+        records = [self._record(task_id) for task_id in dict.fromkeys(task_ids)]
+        supervisor = self._running_supervisor()
+        finished: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
+        supervisor.call(lambda: supervisor.add_waiters(records, finished.put))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for done in range(len(records)):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                yield finished.get(timeout=remaining)
+            except queue.Empty:
+                raise TimeoutError(
+                    f"{len(records) - done} of {len(records)} tasks not final after {timeout} s"
+                ) from None
+
+    async def as_completed_async(
+        self, task_ids: Iterable[str], timeout: float | None = None
+    ) -> AsyncIterator[TaskResult]:
+        """`as_completed` for asyncio: ``async for result in orch.as_completed_async(ids)``."""
+        records = [self._record(task_id) for task_id in dict.fromkeys(task_ids)]
+        supervisor = self._running_supervisor()
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Queue[TaskResult] = asyncio.Queue()
+
+        def notify(result: TaskResult) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(finished.put_nowait, result)
+
+        supervisor.call(lambda: supervisor.add_waiters(records, notify))
+        deadline = None if timeout is None else loop.time() + timeout
+        for done in range(len(records)):
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                yield await asyncio.wait_for(finished.get(), remaining)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{len(records) - done} of {len(records)} tasks not final after {timeout} s"
+                ) from None
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a queued or running task; False if it already ended.
@@ -304,6 +399,12 @@ class ParallelOrchestrator:
         """
         return self._bus.on(event, callback)
 
+    def _running_supervisor(self) -> Supervisor:
+        if self._supervisor is None:
+            self._ensure_running()
+        assert self._supervisor is not None
+        return self._supervisor
+
     def _record(self, task_id: str) -> TaskRecord:
         try:
             return self._tasks[task_id]
@@ -322,6 +423,32 @@ class ParallelOrchestrator:
         elif self._state == "closing" and self._supervisor is not None:
             self._supervisor.thread.join()
             self._bus.close()
+
+
+class _StreamCursor:
+    """Where a stream is in a task's partial results; read without the supervisor's help."""
+
+    def __init__(self, record: TaskRecord) -> None:
+        self._record = record
+        self._next = 0
+
+    def take(self) -> tuple[list[Any], TaskResult | None]:
+        """The partials not yet taken, and the task's result (None while it runs).
+
+        The result is read first: once it is set no partial is added, so the snapshot taken
+        after it holds them all. The supervisor only appends, and ``list()`` of a deque is atomic.
+        """
+        result = self._record.result
+        kept = list(self._record.partials) if self._record.partials is not None else []
+        fresh = [(index, data) for index, data in kept if index >= self._next]
+        if fresh:
+            self._next = fresh[-1][0] + 1
+        return [data for _, data in fresh], result
+
+
+def _post_quietly(supervisor: Supervisor, command: Callable[[], None]) -> None:
+    with contextlib.suppress(OrchestratorClosedError):
+        supervisor.post(command)
 
 
 def _build_config(config: OrchestratorConfig | None, overrides: dict[str, Any]) -> OrchestratorConfig:

@@ -67,6 +67,8 @@ TERMINATE_GRACE: Final = 0.25
 # Workers that die before saying Hello this many times in a row stop the pool from respawning
 # on its own (min_workers, fixed pools); each task still gets its own attempt and error.
 MAX_START_FAILURES: Final = 3
+# Partial results kept per task for `stream` (the oldest are dropped first).
+MAX_PARTIALS_KEPT: Final = 1000
 # The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception).
 RETRYABLE: Final = frozenset({"worker_crashed", "timeout", "memory_limit", "rate_limit"})
 
@@ -99,7 +101,9 @@ class TaskRecord:
     worker_pid: int | None = None
     started_at: float | None = None
     timer: Timer | None = None
-    partials: int = 0
+    partial_count: int = 0
+    partials: deque[tuple[int, Any]] | None = None
+    watchers: list[Callable[[], None]] = field(default_factory=list)
     cpu_at_start: float | None = None
     holds_slot: bool = True
     in_ready: bool = True
@@ -426,8 +430,13 @@ class Supervisor:
         except protocol.PayloadError as exc:
             self._fail(record, "serialization", f"a partial result {exc}")
             return
-        index = record.partials
-        record.partials += 1
+        index = record.partial_count
+        if record.partials is None:
+            record.partials = deque(maxlen=MAX_PARTIALS_KEPT)
+        record.partials.append((index, data))
+        record.partial_count += 1
+        for watcher in record.watchers:
+            watcher()
         listeners = self._bus.listeners("task_partial")
         if listeners:
             event = TaskPartialEvent.model_construct(
@@ -570,6 +579,9 @@ class Supervisor:
         for notify in record.waiters:
             notify(result)
         record.waiters.clear()
+        for watcher in record.watchers:
+            watcher()
+        record.watchers.clear()
         self._announce_final(record, result)
 
     def _announce_final(self, record: TaskRecord, result: TaskResult) -> None:
@@ -579,12 +591,26 @@ class Supervisor:
         if listeners or callback is not None:
             self._bus.post(record.task_id, _deliver_final, callback, listeners, name, result)
 
-    def add_waiter(self, record: TaskRecord, notify: Callable[[TaskResult], None]) -> None:
-        """Call ``notify(result)`` (on this thread: it must not block) once the task is final."""
-        if record.result is not None:
-            notify(record.result)
+    def add_waiters(self, records: list[TaskRecord], notify: Callable[[TaskResult], None]) -> None:
+        """Call ``notify(result)`` once each task is final (at once, in order, for those already
+        final); it runs on this thread, so it must not block."""
+        for record in records:
+            if record.result is not None:
+                notify(record.result)
+            else:
+                record.waiters.append(notify)
+
+    def watch(self, record: TaskRecord, watcher: Callable[[], None]) -> None:
+        """Call ``watcher()`` (on this thread: it must not block) on each partial and at the end."""
+        if record.result is None:
+            record.watchers.append(watcher)
         else:
-            record.waiters.append(notify)
+            watcher()
+
+    def unwatch(self, record: TaskRecord, watcher: Callable[[], None]) -> None:
+        """Stop calling ``watcher``."""
+        if watcher in record.watchers:
+            record.watchers.remove(watcher)
 
     def cancel(self, record: TaskRecord, message: str = "cancelled") -> bool:
         """Cancel a queued or running task; False if it is already final."""

@@ -36,6 +36,7 @@ HANDLERS = {
         "crash_once",
         "rate_limited",
         "busy_cpu",
+        "async_blocking",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -163,3 +164,10 @@ def busy_cpu(ctx: TaskContext) -> Any:
     n = 0
     while True:
         n += 1
+
+
+async def async_blocking(ctx: TaskContext) -> Any:
+    """Await config['await'] seconds, then block the event loop config['block'] seconds (a stuck task)."""
+    await asyncio.sleep(ctx.config.get("await", 0))
+    time.sleep(ctx.config.get("block", 0))
+    return "done"
