@@ -10,6 +10,7 @@ Each sample is reported with ``ctx.progress`` and ``ctx.emit({"sample", "events"
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import time
@@ -52,11 +53,14 @@ def run(ctx: TaskContext) -> dict[str, Any]:
         if (samples is not None and taken >= samples) or (duration is not None and elapsed >= duration):
             break
         time.sleep(interval)
-    summary = {
-        metric: {"min": min(series), "max": max(series), "mean": sum(series) / len(series)}
-        for metric, series in values.items()
-    }
+    summary = {metric: _summary(series) for metric, series in values.items()}
     return {"samples": taken, "events": events, "summary": summary}
+
+
+def _summary(series: list[float]) -> dict[str, float]:
+    low, high = min(series), max(series)
+    # fsum rounding can put the mean of equal values a hair outside them
+    return {"min": low, "max": high, "mean": min(high, max(low, math.fsum(series) / len(series)))}
 
 
 def _targets(config: dict[str, Any]) -> list[dict[str, Any]]:

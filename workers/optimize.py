@@ -62,7 +62,7 @@ class _Dimension:
 def run(ctx: TaskContext) -> dict[str, Any]:
     """Evaluate ``iterations`` points, random first then near the best, and report the best."""
     config = ctx.config
-    evaluate = _objective(option(config, "target", (str, dict)))
+    target = option(config, "target", (str, dict))
     space = option(config, "space", dict)
     if not space:
         raise ValueError("config key 'space' must name at least one parameter")
@@ -72,6 +72,7 @@ def run(ctx: TaskContext) -> dict[str, Any]:
     if goal not in ("minimize", "maximize"):
         raise ValueError(f"config key 'goal' must be 'minimize' or 'maximize', not {goal!r}")
     rng = random.Random(option(config, "seed", int, 0))
+    evaluate = _objective(target)
     baseline = option(config, "baseline_params", dict, None) or {d.name: d.sample(rng) for d in dimensions}
     better: Callable[[float, float], bool] = (
         (lambda a, b: a < b) if goal == "minimize" else (lambda a, b: a > b)
