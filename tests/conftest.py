@@ -36,7 +36,7 @@ def _live_children() -> list[psutil.Process]:
     return alive
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """After the test: no child process and no new /dev/shm block remain (with some patience)."""
     shm_before = set(os.listdir("/dev/shm"))
