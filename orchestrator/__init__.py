@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.config import OrchestratorConfig, TaskSpec
-    from orchestrator.core import ParallelOrchestrator
+    from orchestrator.core import ParallelOrchestrator, PlanHandle
     from orchestrator.errors import (
         ConfigError,
+        GroupNotFoundError,
         InvalidTaskError,
         OrchestratorClosedError,
         OrchestratorError,
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
         UnknownTaskTypeError,
     )
     from orchestrator.models import (
+        CollectionCompletedEvent,
         Event,
+        GroupStatus,
         OrchestratorStatus,
         Progress,
         TaskError,
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
         WorkerInfo,
         WorkerSpawnedEvent,
     )
+    from orchestrator.plans import PlanError
 
 _EXPORTS: dict[str, str] = {
     "ParallelOrchestrator": "orchestrator.core",
@@ -63,17 +67,27 @@ _EXPORTS: dict[str, str] = {
     "TaskNotFoundError": "orchestrator.errors",
     "UnknownTaskTypeError": "orchestrator.errors",
     "OrchestratorClosedError": "orchestrator.errors",
+    "GroupNotFoundError": "orchestrator.errors",
+    "PlanError": "orchestrator.plans",
+    "PlanHandle": "orchestrator.core",
+    "GroupStatus": "orchestrator.models",
+    "CollectionCompletedEvent": "orchestrator.models",
 }
 
 __all__ = [
+    "CollectionCompletedEvent",
     "ConfigError",
     "Event",
+    "GroupNotFoundError",
+    "GroupStatus",
     "InvalidTaskError",
     "OrchestratorClosedError",
     "OrchestratorConfig",
     "OrchestratorError",
     "OrchestratorStatus",
     "ParallelOrchestrator",
+    "PlanError",
+    "PlanHandle",
     "Progress",
     "QueueFullError",
     "TaskError",

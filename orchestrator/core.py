@@ -14,7 +14,7 @@ import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal, Self, final
 
 import psutil
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.errors import (
     ConfigError,
+    GroupNotFoundError,
     InvalidTaskError,
     OrchestratorClosedError,
     OrchestratorError,
@@ -30,7 +31,9 @@ from orchestrator.errors import (
     UnknownTaskTypeError,
 )
 from orchestrator.events import EventBus
-from orchestrator.models import OrchestratorStatus, Progress, TaskResult, TaskStatus, WorkerInfo
+from orchestrator.graph import status_counts
+from orchestrator.models import GroupStatus, OrchestratorStatus, Progress, TaskResult, TaskStatus, WorkerInfo
+from orchestrator.plans import PlanError, references, validate_plan
 from orchestrator.pool import WorkerPool
 from orchestrator.supervisor import Supervisor, TaskRecord
 
@@ -57,6 +60,7 @@ class ParallelOrchestrator:
         self._tasks: dict[str, TaskRecord] = {}
         self._instance = secrets.token_hex(4)
         self._seq = itertools.count(1)
+        self._plan_seq = itertools.count(1)
         self._queue_slots = threading.BoundedSemaphore(self.config.task_queue_size)
         self._bus = EventBus(self.config.name)
         self._supervisor: Supervisor | None = None
@@ -163,13 +167,7 @@ class ParallelOrchestrator:
         if self._state != "running":
             self._ensure_running()
         task = _validate_spec(spec)
-        handler = self._handlers.get(task.type)
-        if handler is None:
-            known = ", ".join(sorted(self._handlers))
-            raise UnknownTaskTypeError(
-                f"unknown task type {task.type!r}; known types: {known} "
-                "(register more with OrchestratorConfig(handlers={name: 'module:function'}))"
-            )
+        handler = self._handler_for(task.type)
         for name, callback in (
             ("on_progress", on_progress),
             ("on_complete", on_complete),
@@ -177,24 +175,102 @@ class ParallelOrchestrator:
         ):
             if callback is not None and not callable(callback):
                 raise TypeError(f"{name} must be callable, not {type(callback).__name__}")
-        if not self._queue_slots.acquire(blocking=False):
-            raise QueueFullError(
-                f"the queue is full: {self.config.task_queue_size} tasks are waiting to run; "
-                "wait for some to start or raise task_queue_size"
+        self._check_dependencies(task)
+        record = self._new_record(task, handler)
+        record.on_progress, record.on_complete, record.on_error = on_progress, on_complete, on_error
+        self._enqueue([record])
+        return record.task_id
+
+    def submit_plan(self, plan: list[dict[str, Any]]) -> PlanHandle:
+        """Submit a graph of tasks with plan-local ids; returns a `PlanHandle`.
+
+        Each task is a spec with an ``id`` (``[A-Za-z0-9_][A-Za-z0-9_-]*``); ``depends_on``
+        names plan ids; a config string ``"$id"`` or ``"$id.field.0"`` is replaced at dispatch
+        by that dependency's result data (inside a longer string, by its text; ``$$`` is a
+        literal dollar). The whole plan is checked first: on any problem nothing is queued.
+
+        Raises:
+            PlanError: duplicate or malformed ids, unknown dependencies, a cycle, a reference
+                to a task that is not a dependency, or an invalid task spec.
+            QueueFullError: the queue has no room for the whole plan.
+        """
+        self._ensure_running()
+        handle = PlanHandle(self, f"plan-{next(self._plan_seq)}")
+        handle.add(plan)
+        return handle
+
+    def _submit_plan_tasks(
+        self, plan_id: str, tasks: list[dict[str, Any]], known: dict[str, str]
+    ) -> dict[str, str]:
+        if not isinstance(tasks, list):
+            raise PlanError(f"a plan is a list of task specs, not {type(tasks).__name__}")
+        order = validate_plan(tasks, known)
+        by_id = {task["id"]: task for task in tasks}
+        ids = dict(known)
+        records = []
+        for local_id in order:
+            fields = {key: value for key, value in by_id[local_id].items() if key != "id"}
+            fields["depends_on"] = [ids[dep] for dep in fields.get("depends_on", [])]
+            try:
+                spec = _validate_spec(fields)
+                record = self._new_record(spec, self._handler_for(spec.type))
+            except (InvalidTaskError, UnknownTaskTypeError) as exc:
+                raise PlanError(f"task {local_id!r}: {exc}") from exc
+            record.plan = plan_id
+            record.plan_refs = {ref: ids[ref] for ref in references(spec.config)} or None
+            ids[local_id] = record.task_id
+            records.append(record)
+        self._enqueue(records)
+        return {local_id: ids[local_id] for local_id in order}
+
+    def _handler_for(self, task_type: str) -> str:
+        handler = self._handlers.get(task_type)
+        if handler is None:
+            known = ", ".join(sorted(self._handlers))
+            raise UnknownTaskTypeError(
+                f"unknown task type {task_type!r}; known types: {known} "
+                "(register more with OrchestratorConfig(handlers={name: 'module:function'}))"
             )
+        return handler
+
+    def _check_dependencies(self, task: TaskSpec) -> None:
+        for dep_id in task.depends_on:
+            if dep_id not in self._tasks:
+                raise TaskNotFoundError(
+                    f"depends_on names {dep_id!r}, which is not a task of this orchestrator"
+                )
+        group = task.depends_on_group
+        if group is not None:
+            supervisor = self._running_supervisor()
+            if not supervisor.call(lambda: group in supervisor.group_names()):
+                raise GroupNotFoundError(f"depends_on_group names {group!r}, a group with no tasks")
+
+    def _new_record(self, spec: TaskSpec, handler: str) -> TaskRecord:
         seq = next(self._seq)
-        task_id = f"{self._instance}-{seq}"
-        record = TaskRecord(task_id, seq, task, handler, on_progress, on_complete, on_error)
-        self._tasks[task_id] = record
-        supervisor = self._supervisor
-        assert supervisor is not None
+        return TaskRecord(f"{self._instance}-{seq}", seq, spec, handler)
+
+    def _enqueue(self, records: list[TaskRecord]) -> None:
+        """Queue records together, or none of them (queue full, or shut down meanwhile)."""
+        held = 0
+        while held < len(records) and self._queue_slots.acquire(blocking=False):
+            held += 1
+        if held < len(records):
+            for _ in range(held):
+                self._queue_slots.release()
+            raise QueueFullError(
+                f"the queue is full: {self.config.task_queue_size} tasks may wait to run and "
+                f"{len(records)} more would not fit; wait for some to start or raise task_queue_size"
+            )
+        for record in records:
+            self._tasks[record.task_id] = record
+        supervisor = self._running_supervisor()
         try:
-            supervisor.post(lambda: supervisor.accept(record))
+            supervisor.post(lambda: supervisor.accept(records))
         except OrchestratorClosedError:
-            del self._tasks[task_id]
-            self._queue_slots.release()
+            for record in records:
+                del self._tasks[record.task_id]
+                self._queue_slots.release()
             raise
-        return task_id
 
     def _ensure_running(self) -> None:
         if self._state == "created":
@@ -363,6 +439,30 @@ class ParallelOrchestrator:
             return False
         return supervisor.call(lambda: supervisor.cancel(record))
 
+    def get_group(self, name: str) -> GroupStatus:
+        """A group's members in submission order and their counts by status.
+
+        Raises:
+            GroupNotFoundError: no task was ever submitted with ``group=name``.
+        """
+        supervisor = self._running_supervisor()
+        return supervisor.call(lambda: supervisor.group_status(name))
+
+    def wait_group(self, name: str, timeout: float | None = None) -> list[TaskResult]:
+        """Wait for the group's current members; their results in submission order.
+
+        Raises:
+            TimeoutError: not all final after ``timeout`` seconds.
+            GroupNotFoundError: unknown group.
+        """
+        ids = self.get_group(name).task_ids
+        results = {result.task_id: result for result in self.as_completed(ids, timeout)}
+        return [results[task_id] for task_id in ids]
+
+    def cancel_group(self, name: str) -> int:
+        """Cancel every member of the group that is not final; returns how many were."""
+        return sum(self.cancel(task_id) for task_id in self.get_group(name).task_ids)
+
     def get_workers(self) -> list[WorkerInfo]:
         """A snapshot of every worker process, with its RSS."""
         supervisor = self._supervisor
@@ -423,6 +523,53 @@ class ParallelOrchestrator:
         elif self._state == "closing" and self._supervisor is not None:
             self._supervisor.thread.join()
             self._bus.close()
+
+
+@final
+class PlanHandle:
+    """A submitted plan: its task ids, status and results; `add` extends it while it runs."""
+
+    def __init__(self, orchestrator: ParallelOrchestrator, plan_id: str) -> None:
+        self.plan_id = plan_id
+        self._orchestrator = orchestrator
+        self._ids: dict[str, str] = {}
+        self._lock = threading.Lock()  # add() may be called from several planner threads
+
+    @property
+    def ids(self) -> dict[str, str]:
+        """Plan id -> task id, for every task of the plan so far."""
+        return dict(self._ids)
+
+    def add(self, tasks: list[dict[str, Any]]) -> dict[str, str]:
+        """Append tasks (which may depend on the plan's tasks); returns their plan id -> task id.
+
+        Raises:
+            PlanError: as `ParallelOrchestrator.submit_plan`; nothing of ``tasks`` is queued.
+        """
+        with self._lock:
+            added = self._orchestrator._submit_plan_tasks(self.plan_id, tasks, self._ids)
+            self._ids.update(added)
+            return added
+
+    def status(self) -> dict[str, int]:
+        """How many of the plan's tasks are in each status."""
+        return status_counts([self._orchestrator.get_task_status(t) for t in self._ids.values()])
+
+    def wait(self, timeout: float | None = None) -> dict[str, TaskResult]:
+        """Wait for every task of the plan; plan id -> result.
+
+        Raises:
+            TimeoutError: not all final after ``timeout`` seconds.
+        """
+        by_task = {task_id: plan_id for plan_id, task_id in self._ids.items()}
+        return {by_task[r.task_id]: r for r in self._orchestrator.as_completed(by_task, timeout)}
+
+    def cancel(self) -> int:
+        """Cancel every task of the plan that is not final; returns how many were."""
+        return sum(self._orchestrator.cancel(task_id) for task_id in self._ids.values())
+
+    def __repr__(self) -> str:
+        return f"<PlanHandle {self.plan_id} tasks={len(self._ids)}>"
 
 
 class _StreamCursor:

@@ -8,6 +8,8 @@
     ├── UnknownTaskTypeError   a task type with no handler (also a ValueError)
     ├── QueueFullError         task_queue_size tasks already wait
     ├── TaskNotFoundError      an id this orchestrator never issued (also a KeyError)
+    ├── GroupNotFoundError     a group name no task was submitted with (also a KeyError)
+    ├── PlanError              a plan rejected before anything was queued (also a ValueError)
     └── OrchestratorClosedError  submit after shutdown
 
 A task that fails is not an exception of the API: its `TaskResult` says so, with a `TaskError`
@@ -42,6 +44,13 @@ class TaskNotFoundError(OrchestratorError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "task not found"
+
+
+class GroupNotFoundError(OrchestratorError, KeyError):
+    """A group name no task was ever submitted with."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "group not found"
 
 
 class OrchestratorClosedError(OrchestratorError):

@@ -126,6 +126,7 @@ class OrchestratorStatus(_Frozen):
     max_workers: int
     task_queue_size: int
     uptime_s: float
+    type_limits: dict[str, int] = {}
 
 
 class Event(_Frozen):
@@ -175,6 +176,23 @@ class TaskFinishedEvent(Event):
     result: TaskResult
 
 
+class CollectionCompletedEvent(Event):
+    """Every task of a group (``group_completed``) or a plan (``plan_completed``) is final."""
+
+    name: str
+    total: int
+    counts: dict[str, int]
+
+
+class GroupStatus(_Frozen):
+    """A group's members (in submission order) and how many are in each status."""
+
+    name: str
+    total: int
+    counts: dict[str, int]
+    task_ids: list[str]
+
+
 class WorkerSpawnedEvent(Event):
     """A worker process was started (``worker_spawned``)."""
 
@@ -203,5 +221,7 @@ EVENT_NAMES = frozenset(
         "task_cancelled",
         "worker_spawned",
         "worker_exited",
+        "group_completed",
+        "plan_completed",
     }
 )

@@ -34,11 +34,14 @@ from multiprocessing.connection import wait
 from typing import Any, Final, TypeVar, cast
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
-from orchestrator.errors import OrchestratorClosedError
+from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError
 from orchestrator.events import Callback, EventBus, call_each
+from orchestrator.graph import Collection, TaskGraph, status_counts
 from orchestrator.limits import cpu_seconds, kill_process_tree, tree_rss
 from orchestrator.models import (
+    CollectionCompletedEvent,
     ErrorKind,
+    GroupStatus,
     OrchestratorStatus,
     Progress,
     TaskError,
@@ -52,6 +55,7 @@ from orchestrator.models import (
     WorkerExitedEvent,
     WorkerSpawnedEvent,
 )
+from orchestrator.plans import PlanError, substitute
 from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of
 from orchestrator.scheduler import ReadyQueue, Timer, Timers
 from workers import protocol
@@ -107,6 +111,10 @@ class TaskRecord:
     cpu_at_start: float | None = None
     holds_slot: bool = True
     in_ready: bool = True
+    dep_ids: list[str] = field(default_factory=list)
+    waiting: set[str] = field(default_factory=set)
+    plan: str | None = None
+    plan_refs: dict[str, str] | None = None
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
 
 
@@ -135,6 +143,12 @@ class Supervisor:
         self._workers: dict[int, WorkerHandle] = {}
         self._waitables: dict[Any, WorkerHandle] = {}
         self._running_by_type: dict[str, int] = {}
+        self._graph = TaskGraph()
+        self._to_release: deque[TaskRecord] = deque()
+        self._releasing = False
+        # Adaptive concurrency: types throttled after a rate limit, and their successes since.
+        self._type_limits: dict[str, int] = {}
+        self._successes: dict[str, int] = {}
         self._counts = dict.fromkeys(TaskStatus, 0)
         self._next_worker_id = 1
         self._start_failures = 0
@@ -238,10 +252,28 @@ class Supervisor:
 
     # ----------------------------------------------------------------- accepting work
 
-    def accept(self, record: TaskRecord) -> None:
-        """Take a newly submitted task into the queue (its queue slot is already held)."""
+    def accept(self, records: list[TaskRecord]) -> None:
+        """Take newly submitted tasks, dependencies first (their queue slots are already held)."""
+        for record in records:
+            self._accept_one(record)
+
+    def _accept_one(self, record: TaskRecord) -> None:
         self._counts[TaskStatus.QUEUED] += 1
+        self._announce_queued(record)
+        self._graph.join(record)
+        failed = self._graph.link(record, self._tasks)
+        if failed is not None:
+            self._fail_dependant(record, failed)
+        elif record.waiting:
+            record.in_ready = False
+        else:
+            self._ready.push(record.spec.type, record.spec.priority, record.seq, record.task_id)
+
+    def _make_ready(self, record: TaskRecord) -> None:
+        record.in_ready = True
         self._ready.push(record.spec.type, record.spec.priority, record.seq, record.task_id)
+
+    def _announce_queued(self, record: TaskRecord) -> None:
         listeners = self._bus.listeners("task_queued")
         if listeners:
             event = TaskQueuedEvent.model_construct(
@@ -271,12 +303,55 @@ class Supervisor:
                 blocked.add(task_type)
                 continue
             self._ready.pop(task_type)
-            self._assign(self._tasks[task_id], worker)
+            record = self._tasks[task_id]
+            record.in_ready = False
+            message = self._run_message(record)
+            if message is not None:
+                self._assign(record, worker, message)
         self._retire_unneeded_workers()
 
     def _has_capacity(self, task_type: str) -> bool:
-        cap = self._config.worker_type_limits.get(task_type)
+        cap = self._type_limits.get(task_type, self._config.worker_type_limits.get(task_type))
         return cap is None or self._running_by_type.get(task_type, 0) < cap
+
+    def _run_message(self, record: TaskRecord) -> protocol.RunTask | None:
+        """The RunTask for this attempt: dependencies' results, references substituted.
+
+        None when a reference cannot be resolved (the task has then failed).
+        """
+        spec = record.spec
+        config, deps = spec.packed_config, _EMPTY_DEPS
+        if record.dep_ids:
+            results: dict[str, Any] = {}
+            errors: dict[str, Any] = {}
+            for dep_id in record.dep_ids:
+                outcome = self._tasks[dep_id].result
+                assert outcome is not None
+                if outcome.success:
+                    results[dep_id] = outcome.data
+                else:
+                    errors[dep_id] = outcome.error.model_dump() if outcome.error else {}
+            deps = protocol.pack_payload([results, errors])
+            if record.plan_refs:
+                try:
+                    config = self._substituted_config(record, results, errors)
+                except (PlanError, protocol.PayloadError) as exc:
+                    self._fail(record, "dependency_failed", str(exc))
+                    return None
+        return protocol.RunTask(
+            record.task_id, spec.type, record.handler, spec.description, config, deps, record.attempts + 1
+        )
+
+    def _substituted_config(
+        self, record: TaskRecord, results: dict[str, Any], errors: dict[str, Any]
+    ) -> bytes:
+        refs = record.plan_refs or {}
+
+        def lookup(plan_id: str) -> Any:
+            task_id = refs[plan_id]
+            return results[task_id] if task_id in results else errors.get(task_id)
+
+        return protocol.pack_payload(substitute(record.spec.config, lookup))
 
     def _worker_for(self, task_type: str) -> WorkerHandle | None:
         """A worker of this type with room (the most recently active), an untyped one, or a new one."""
@@ -297,27 +372,17 @@ class Supervisor:
         if idle:
             self._retire(min(idle, key=lambda w: w.last_active), "retired")
 
-    def _assign(self, record: TaskRecord, worker: WorkerHandle) -> None:
+    def _assign(self, record: TaskRecord, worker: WorkerHandle, msg: protocol.RunTask) -> None:
         spec = record.spec
         if record.holds_slot:
             record.holds_slot = False
             self._queue_slots.release()
-        record.in_ready = False
         Timers.cancel(worker.timer)
         worker.type = spec.type
         worker.tasks[record.task_id] = None
         record.worker = worker
         record.attempts += 1
         self._running_by_type[spec.type] = self._running_by_type.get(spec.type, 0) + 1
-        msg = protocol.RunTask(
-            record.task_id,
-            spec.type,
-            record.handler,
-            spec.description,
-            spec.packed_config,
-            _EMPTY_DEPS,
-            record.attempts,
-        )
         if worker.state == "starting":
             worker.pending.append(msg)
         else:
@@ -454,7 +519,9 @@ class Supervisor:
             if isinstance(msg, protocol.TaskDone):
                 self._complete(record, msg.data)
             else:
-                self._fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type)
+                if msg.kind == "rate_limit":
+                    self._throttle(record.spec.type)
+                self._fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type, msg.retry_after)
         if msg.task_id in worker.tasks:
             self._release(worker, msg.task_id)
 
@@ -492,11 +559,17 @@ class Supervisor:
     # ----------------------------------------------------------------- finishing tasks
 
     def _fail(
-        self, record: TaskRecord, kind: str, message: str, traceback: str = "", exception_type: str = ""
+        self,
+        record: TaskRecord,
+        kind: str,
+        message: str,
+        traceback: str = "",
+        exception_type: str = "",
+        retry_after: float | None = None,
     ) -> None:
         """End an attempt without a result: retry it if its spec allows, else finish the task."""
         if self._may_retry(record, kind):
-            self._retry_later(record, kind, message)
+            self._retry_later(record, kind, message, retry_after)
             return
         error = TaskError.model_construct(
             kind=cast(ErrorKind, kind), message=message, traceback=traceback, exception_type=exception_type
@@ -510,13 +583,19 @@ class Supervisor:
         retryable = kind in RETRYABLE or (kind == "exception" and spec.retry_on_exception)
         return retryable and record.attempts <= spec.retries
 
-    def _retry_later(self, record: TaskRecord, kind: str, message: str) -> None:
-        """Put the task back in the queue after an exponential backoff with jitter; same id, priority."""
+    def _retry_later(self, record: TaskRecord, kind: str, message: str, retry_after: float | None) -> None:
+        """Queue the task again after ``retry_after`` or an exponential backoff with jitter.
+
+        It keeps its id and priority.
+        """
         self._detach(record)
         self._counts[record.status] -= 1
         self._counts[TaskStatus.QUEUED] += 1
         record.status = TaskStatus.QUEUED
-        delay = record.spec.retry_backoff * 2 ** (record.attempts - 1) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(0.0, retry_after)
+        else:
+            delay = record.spec.retry_backoff * 2 ** (record.attempts - 1) * random.uniform(0.5, 1.0)
         logger.info(
             "task %s attempt %d failed (%s: %s); retrying in %.2f s",
             record.task_id,
@@ -582,6 +661,9 @@ class Supervisor:
         for watcher in record.watchers:
             watcher()
         record.watchers.clear()
+        if status is TaskStatus.COMPLETED and record.spec.type in self._type_limits:
+            self._recover(record.spec.type)
+        self._release_dependants(record)
         self._announce_final(record, result)
 
     def _announce_final(self, record: TaskRecord, result: TaskResult) -> None:
@@ -591,6 +673,88 @@ class Supervisor:
         if listeners or callback is not None:
             self._bus.post(record.task_id, _deliver_final, callback, listeners, name, result)
 
+    def _release_dependants(self, record: TaskRecord) -> None:
+        """Ready or fail the tasks that waited for this one, iteratively (chains can be long)."""
+        self._to_release.append(record)
+        if self._releasing:
+            return
+        self._releasing = True
+        try:
+            while self._to_release:
+                done = self._to_release.popleft()
+                dependants, completed = self._graph.release(done)
+                for collection in completed:
+                    self._announce_collection(collection)
+                for dependant in dependants:
+                    self._on_dependency_final(dependant, done)
+        finally:
+            self._releasing = False
+
+    def _on_dependency_final(self, dependant: TaskRecord, dependency: TaskRecord) -> None:
+        if dependant.result is not None:
+            return
+        failed = dependency.result is not None and not dependency.result.success
+        if failed and dependant.spec.on_dependency_failure == "fail":
+            self._fail_dependant(dependant, dependency)
+        elif not dependant.waiting:
+            self._make_ready(dependant)
+
+    def _fail_dependant(self, record: TaskRecord, dependency: TaskRecord) -> None:
+        result = dependency.result
+        assert result is not None
+        why = f"{result.error.kind}: {result.error.message}" if result.error else result.status.value
+        for dep_id in record.waiting:
+            self._graph.forget_dependant(dep_id, record)
+        record.waiting.clear()
+        self._fail(
+            record,
+            "dependency_failed",
+            f"dependency {dependency.task_id} ended {result.status.value} ({why})",
+        )
+
+    def _announce_collection(self, collection: Collection) -> None:
+        name = f"{collection.kind}_completed"
+        listeners = self._bus.listeners(name)
+        if listeners:
+            event = CollectionCompletedEvent.model_construct(
+                event=name,
+                timestamp=datetime.now(UTC),
+                name=collection.name,
+                total=len(collection.members),
+                counts=self.collection_counts(collection),
+            )
+            self._bus.post(None, call_each, listeners, event, name)
+
+    def collection_counts(self, collection: Collection) -> dict[str, int]:
+        """How many of a group's or plan's tasks are in each status."""
+        return status_counts([self._tasks[task_id].status for task_id in collection.members])
+
+    # ----------------------------------------------------------------- adaptive concurrency
+
+    def _throttle(self, task_type: str) -> None:
+        """A rate limit: halve the type's parallelism (not below 1)."""
+        current = self._type_limits.get(task_type, self._type_cap(task_type))
+        self._type_limits[task_type] = max(1, current // 2)
+        self._successes[task_type] = 0
+        logger.info("task type %r rate limited: parallelism now %d", task_type, self._type_limits[task_type])
+
+    def _recover(self, task_type: str) -> None:
+        """A success: after as many in a row as the current limit, allow one more, up to the cap."""
+        self._successes[task_type] = self._successes.get(task_type, 0) + 1
+        limit = self._type_limits[task_type]
+        if self._successes[task_type] >= limit:
+            self._successes[task_type] = 0
+            if limit + 1 >= self._type_cap(task_type):
+                del self._type_limits[task_type]
+            else:
+                self._type_limits[task_type] = limit + 1
+
+    def _type_cap(self, task_type: str) -> int:
+        cap = self._config.worker_type_limits.get(task_type)
+        if cap is not None:
+            return cap
+        return self._config.max_workers * self._config.worker_concurrency.get(task_type, 1)
+
     def add_waiters(self, records: list[TaskRecord], notify: Callable[[TaskResult], None]) -> None:
         """Call ``notify(result)`` once each task is final (at once, in order, for those already
         final); it runs on this thread, so it must not block."""
@@ -599,6 +763,22 @@ class Supervisor:
                 notify(record.result)
             else:
                 record.waiters.append(notify)
+
+    def group_names(self) -> set[str]:
+        """Every group name tasks were submitted with."""
+        return set(self._graph.groups)
+
+    def group_status(self, name: str) -> GroupStatus:
+        """A group's members and counts; raise `GroupNotFoundError` for an unknown name."""
+        group = self._graph.groups.get(name)
+        if group is None:
+            raise GroupNotFoundError(f"no group named {name!r}: no task was submitted with group={name!r}")
+        return GroupStatus(
+            name=name,
+            total=len(group.members),
+            counts=self.collection_counts(group),
+            task_ids=list(group.members),
+        )
 
     def watch(self, record: TaskRecord, watcher: Callable[[], None]) -> None:
         """Call ``watcher()`` (on this thread: it must not block) on each partial and at the end."""
@@ -878,6 +1058,7 @@ class Supervisor:
             max_workers=self._config.max_workers,
             task_queue_size=self._config.task_queue_size,
             uptime_s=time.monotonic() - self._started,
+            type_limits={**self._config.worker_type_limits, **self._type_limits},
         )
 
     def worker_rows(self) -> list[dict[str, Any]]:
@@ -898,7 +1079,7 @@ class Supervisor:
         ]
 
 
-_EMPTY_DEPS: Final = protocol.pack_payload({})
+_EMPTY_DEPS: Final = protocol.pack_payload(None)
 
 
 def _deliver_progress(

@@ -4,9 +4,18 @@ Handlers receive a `TaskContext`; a stop request raises `TaskCancelled` (or its 
 `TaskTimeout`) inside them. Nothing here imports the host side, so a worker starts light.
 """
 
+from workers.context import CapacityError as CapacityError
 from workers.context import RateLimitError as RateLimitError
 from workers.context import TaskCancelled as TaskCancelled
 from workers.context import TaskContext as TaskContext
+from workers.context import TaskError as TaskError
 from workers.context import TaskTimeout as TaskTimeout
 
-__all__ = ["RateLimitError", "TaskCancelled", "TaskContext", "TaskTimeout"]
+__all__ = [
+    "CapacityError",
+    "RateLimitError",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskError",
+    "TaskTimeout",
+]

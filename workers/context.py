@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from workers import protocol
@@ -29,9 +30,28 @@ class TaskTimeout(TaskCancelled):
 class RateLimitError(Exception):
     """Raise it from a handler when a service said "too many requests".
 
-    The attempt ends with ``error.kind="rate_limit"``, which ``TaskSpec.retries`` retries with
-    backoff like a crash or a timeout.
+    The attempt ends with ``error.kind="rate_limit"``: the orchestrator halves the parallelism of
+    the task type (raising it again step by step on successes) and ``TaskSpec.retries`` retries
+    the task after ``retry_after`` seconds when given, else after its backoff.
     """
+
+    def __init__(self, message: str = "rate limited", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CapacityError(RateLimitError):
+    """Raise it when a service is out of capacity (overloaded, 503); handled as `RateLimitError`."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """A failed dependency, as ``ctx.deps`` shows it to a task that runs despite the failure."""
+
+    kind: str
+    message: str
+    traceback: str = ""
+    exception_type: str = ""
 
 
 _STOP_EXCEPTIONS: dict[str, type[TaskCancelled]] = {

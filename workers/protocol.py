@@ -46,7 +46,11 @@ def unpack_payload(data: bytes) -> Any:
 
 @dataclass(slots=True)
 class RunTask:
-    """Host -> worker: run one task."""
+    """Host -> worker: run one task.
+
+    ``deps`` packs ``[results, errors]``: dependency id -> result data for those that completed,
+    and id -> TaskError fields for failed ones (when the task runs despite failures).
+    """
 
     TAG: ClassVar[int] = 1
     task_id: str
@@ -135,6 +139,7 @@ class TaskFailed:
     message: str
     traceback: str
     exception_type: str
+    retry_after: float | None = None
 
 
 Message = (

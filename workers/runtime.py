@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
 from workers import protocol
-from workers.context import RateLimitError, TaskCancelled, TaskContext, stop_exception
+from workers.context import RateLimitError, TaskCancelled, TaskContext, TaskError, stop_exception
 from workers.registry import resolve_handler
 
 STOP_SIGNAL: Final = signal.SIGUSR1
@@ -148,7 +148,7 @@ class _WorkerRuntime:
         try:
             handler = self._resolve(msg.handler)
             config = protocol.unpack_payload(msg.config)
-            deps = protocol.unpack_payload(msg.deps)
+            deps = _dependencies(protocol.unpack_payload(msg.deps))
         except Exception as exc:  # noqa: BLE001 - reported to the host as the task's error
             return _failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}: ")
         ctx = TaskContext(msg.task_id, msg.task_type, msg.description, config, deps, msg.attempt, self._send)
@@ -291,8 +291,18 @@ def _classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
     if isinstance(exc, TaskCancelled):
         return _failure(ctx.task_id, ctx.stop_reason or exc.kind, exc)
     if isinstance(exc, RateLimitError):
-        return _failure(ctx.task_id, "rate_limit", exc)
+        failure = _failure(ctx.task_id, "rate_limit", exc)
+        failure.retry_after = exc.retry_after
+        return failure
     return _failure(ctx.task_id, "exception", exc)
+
+
+def _dependencies(packed: Any) -> dict[str, Any]:
+    """``ctx.deps`` from the wire form ``[results, errors]`` (an empty map when there are none)."""
+    if not packed:
+        return {}
+    results, errors = packed
+    return {**results, **{task_id: TaskError(**fields) for task_id, fields in errors.items()}}
 
 
 def _result_message(ctx: TaskContext, result: Any) -> protocol.Message:
