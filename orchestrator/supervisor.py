@@ -110,7 +110,7 @@ class TaskRecord:
     watchers: list[Callable[[], None]] = field(default_factory=list)
     cpu_at_start: float | None = None
     holds_slot: bool = True
-    in_ready: bool = True
+    in_ready: bool = False
     dep_ids: list[str] = field(default_factory=list)
     waiting: set[str] = field(default_factory=set)
     plan: str | None = None
@@ -264,10 +264,8 @@ class Supervisor:
         failed = self._graph.link(record, self._tasks)
         if failed is not None:
             self._fail_dependant(record, failed)
-        elif record.waiting:
-            record.in_ready = False
-        else:
-            self._ready.push(record.spec.type, record.spec.priority, record.seq, record.task_id)
+        elif not record.waiting:
+            self._make_ready(record)
 
     def _make_ready(self, record: TaskRecord) -> None:
         record.in_ready = True
@@ -611,8 +609,7 @@ class Supervisor:
             return
         # A retry is not a new submission: it is queued even when the queue is full.
         record.holds_slot = self._queue_slots.acquire(blocking=False)
-        record.in_ready = True
-        self._ready.push(record.spec.type, record.spec.priority, record.seq, record.task_id)
+        self._make_ready(record)
 
     def _detach(self, record: TaskRecord) -> None:
         """Free what a task holds: its queue slot, its place in the ready queue, its type's capacity."""

@@ -37,6 +37,8 @@ HANDLERS = {
         "rate_limited",
         "busy_cpu",
         "async_blocking",
+        "deps",
+        "throttled",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -171,3 +173,28 @@ async def async_blocking(ctx: TaskContext) -> Any:
     await asyncio.sleep(ctx.config.get("await", 0))
     time.sleep(ctx.config.get("block", 0))
     return "done"
+
+
+def deps(ctx: TaskContext) -> Any:
+    """Return what the task saw: its deps (errors as dicts) and its config, after sleeping config['sleep']."""
+    time.sleep(ctx.config.get("sleep", 0))
+    if ctx.config.get("fail"):
+        raise RuntimeError(f"{ctx.description} failed on purpose")
+    seen = {
+        key: (
+            {"error": value.kind, "message": value.message}
+            if value.__class__.__name__ == "TaskError"
+            else value
+        )
+        for key, value in ctx.deps.items()
+    }
+    return {"name": ctx.description, "deps": seen, "config": ctx.config, "value": ctx.config.get("value")}
+
+
+def throttled(ctx: TaskContext) -> Any:
+    """Raise RateLimitError(retry_after) while the file config['gate'] does not exist."""
+    from workers import RateLimitError
+
+    if not os.path.exists(ctx.config["gate"]):
+        raise RateLimitError("slow down", retry_after=ctx.config.get("retry_after"))
+    return "ok"
