@@ -11,3 +11,10 @@ def noop(ctx: Any) -> None:
 
 def noop_plain(value: int = 0) -> None:
     """A peer's task that does nothing."""
+
+
+def sleep_ms(ctx: Any) -> None:
+    """An orchestrator handler that sleeps config['ms'] milliseconds."""
+    import time
+
+    time.sleep(ctx.config["ms"] / 1000)
