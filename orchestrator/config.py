@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers import protocol
 from workers.registry import BUILTIN_HANDLERS, HANDLER_PATH
@@ -120,20 +120,12 @@ class TaskSpec(BaseModel):
     group: str | None = None
     idempotent: bool = True
 
-    _packed_config: bytes = PrivateAttr(default=b"")
-
-    @model_validator(mode="after")
-    def _pack_config(self) -> TaskSpec:
-        # Packing once here both proves the config crosses the pipe and gives the bytes to send.
+    @field_validator("config")
+    @classmethod
+    def _check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        # The round trip proves the config crosses the pipe: unpacking catches unhashable keys.
         try:
-            packed = protocol.pack_payload(self.config)
-            protocol.unpack_payload(packed)
+            protocol.unpack_payload(protocol.pack_payload(config))
         except protocol.PayloadError as exc:
             raise ValueError(f"config is {exc}") from exc
-        self._packed_config = packed
-        return self
-
-    @property
-    def packed_config(self) -> bytes:
-        """The config as msgpack bytes, as sent to the worker."""
-        return self._packed_config
+        return config

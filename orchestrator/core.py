@@ -35,7 +35,9 @@ from orchestrator.graph import status_counts
 from orchestrator.models import GroupStatus, OrchestratorStatus, Progress, TaskResult, TaskStatus, WorkerInfo
 from orchestrator.plans import PlanError, references, validate_plan
 from orchestrator.pool import WorkerPool
+from orchestrator.scheduler import QueueSlots
 from orchestrator.supervisor import Supervisor, TaskRecord
+from workers import protocol
 
 logger = logging.getLogger("orchestrator")
 
@@ -61,7 +63,7 @@ class ParallelOrchestrator:
         self._instance = secrets.token_hex(4)
         self._seq = itertools.count(1)
         self._plan_seq = itertools.count(1)
-        self._queue_slots = threading.BoundedSemaphore(self.config.task_queue_size)
+        self._queue_slots = QueueSlots(self.config.task_queue_size)
         self._bus = EventBus(self.config.name)
         self._supervisor: Supervisor | None = None
         self._state: _State = "created"
@@ -247,16 +249,11 @@ class ParallelOrchestrator:
 
     def _new_record(self, spec: TaskSpec, handler: str) -> TaskRecord:
         seq = next(self._seq)
-        return TaskRecord(f"{self._instance}-{seq}", seq, spec, handler)
+        return TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, protocol.pack_payload(spec.config))
 
     def _enqueue(self, records: list[TaskRecord]) -> None:
         """Queue records together, or none of them (queue full, or shut down meanwhile)."""
-        held = 0
-        while held < len(records) and self._queue_slots.acquire(blocking=False):
-            held += 1
-        if held < len(records):
-            for _ in range(held):
-                self._queue_slots.release()
+        if not self._queue_slots.take(len(records)):
             raise QueueFullError(
                 f"the queue is full: {self.config.task_queue_size} tasks may wait to run and "
                 f"{len(records)} more would not fit; wait for some to start or raise task_queue_size"
@@ -269,7 +266,7 @@ class ParallelOrchestrator:
         except OrchestratorClosedError:
             for record in records:
                 del self._tasks[record.task_id]
-                self._queue_slots.release()
+            self._queue_slots.give(len(records))
             raise
 
     def _ensure_running(self) -> None:
@@ -298,8 +295,11 @@ class ParallelOrchestrator:
             TaskNotFoundError: unknown id.
         """
         record = self._record(task_id)
-        if not record.done.wait(timeout):
-            raise TimeoutError(f"task {task_id} is not final after {timeout} s (status {record.status})")
+        if record.result is None:
+            final = threading.Event()
+            self._notify_when_final([record], lambda result: final.set())
+            if not final.wait(timeout):
+                raise TimeoutError(f"task {task_id} is not final after {timeout} s (status {record.status})")
         assert record.result is not None
         return record.result
 
@@ -324,9 +324,7 @@ class ParallelOrchestrator:
             with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
                 loop.call_soon_threadsafe(resolve, result)
 
-        supervisor = self._supervisor
-        assert supervisor is not None
-        supervisor.call(lambda: supervisor.add_waiters([record], notify))
+        self._notify_when_final([record], notify)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -389,9 +387,8 @@ class ParallelOrchestrator:
             TaskNotFoundError: an unknown id (raised before anything is yielded).
         """
         records = [self._record(task_id) for task_id in dict.fromkeys(task_ids)]
-        supervisor = self._running_supervisor()
         finished: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
-        supervisor.call(lambda: supervisor.add_waiters(records, finished.put))
+        self._notify_when_final(records, finished.put)
         deadline = None if timeout is None else time.monotonic() + timeout
         for done in range(len(records)):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -407,7 +404,6 @@ class ParallelOrchestrator:
     ) -> AsyncIterator[TaskResult]:
         """`as_completed` for asyncio: ``async for result in orch.as_completed_async(ids)``."""
         records = [self._record(task_id) for task_id in dict.fromkeys(task_ids)]
-        supervisor = self._running_supervisor()
         loop = asyncio.get_running_loop()
         finished: asyncio.Queue[TaskResult] = asyncio.Queue()
 
@@ -415,7 +411,7 @@ class ParallelOrchestrator:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(finished.put_nowait, result)
 
-        supervisor.call(lambda: supervisor.add_waiters(records, notify))
+        self._notify_when_final(records, notify)
         deadline = None if timeout is None else loop.time() + timeout
         for done in range(len(records)):
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -498,6 +494,15 @@ class ParallelOrchestrator:
         thread, in order per task; one that raises is logged and changes nothing else.
         """
         return self._bus.on(event, callback)
+
+    def _notify_when_final(self, records: list[TaskRecord], notify: Callable[[TaskResult], None]) -> None:
+        """Have the supervisor call ``notify(result)`` as each task becomes final (at once for those
+        already final, in order); ``notify`` runs on the supervisor's thread and must not block."""
+        supervisor = self._running_supervisor()
+        try:
+            supervisor.post(lambda: supervisor.add_waiters(records, notify))
+        except OrchestratorClosedError:
+            supervisor.add_waiters(records, notify)  # it has exited: every task is final
 
     def _running_supervisor(self) -> Supervisor:
         if self._supervisor is None:

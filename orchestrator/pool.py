@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import select
 import sys
 import threading
 import time
@@ -57,6 +58,14 @@ class WorkerHandle:
     last_active: float = field(default_factory=time.time)
     exit_reason: str | None = None
     timer: Timer | None = None
+    _poller: select.poll = field(default_factory=select.poll, repr=False)
+
+    def __post_init__(self) -> None:
+        self._poller.register(self.conn.fileno(), select.POLLIN)
+
+    def readable(self) -> bool:
+        """True when a message (or EOF) waits on the pipe; never blocks."""
+        return bool(self._poller.poll(0))
 
     @property
     def current_task(self) -> str | None:

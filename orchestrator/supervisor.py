@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import random
+import selectors
 import signal
 import threading
 import time
@@ -30,7 +31,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import wait
 from typing import Any, Final, TypeVar, cast
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
@@ -57,7 +57,7 @@ from orchestrator.models import (
 )
 from orchestrator.plans import PlanError, substitute
 from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of
-from orchestrator.scheduler import ReadyQueue, Timer, Timers
+from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from workers import protocol
 
 logger = logging.getLogger(__name__)
@@ -87,19 +87,20 @@ _FINAL_EVENT: Final = {
 class TaskRecord:
     """A task as the host tracks it. Created by `submit_task`, then mutated by the supervisor only.
 
-    Caller threads read ``status`` and ``result`` (single attribute reads) and wait on ``done``.
+    Caller threads read ``status`` and ``result`` (single attribute reads); waiting goes through
+    ``waiters``, which only the supervisor touches.
     """
 
     task_id: str
     seq: int
     spec: TaskSpec
     handler: str
+    packed_config: bytes
     on_progress: Callable[[Progress], object] | None = None
     on_complete: Callable[[TaskResult], object] | None = None
     on_error: Callable[[TaskResult], object] | None = None
     status: TaskStatus = TaskStatus.QUEUED
     result: TaskResult | None = None
-    done: threading.Event = field(default_factory=threading.Event)
     attempts: int = 0
     worker: WorkerHandle | None = None
     worker_pid: int | None = None
@@ -129,7 +130,7 @@ class Supervisor:
         self,
         config: OrchestratorConfig,
         tasks: dict[str, TaskRecord],
-        queue_slots: threading.Semaphore,
+        queue_slots: QueueSlots,
         bus: EventBus,
         pool: WorkerPool,
     ) -> None:
@@ -141,7 +142,8 @@ class Supervisor:
         self._ready = ReadyQueue()
         self._timers = Timers()
         self._workers: dict[int, WorkerHandle] = {}
-        self._waitables: dict[Any, WorkerHandle] = {}
+        # One selector for the whole life of the loop: worker pipes, process sentinels, wake-ups.
+        self._selector = selectors.DefaultSelector()
         self._running_by_type: dict[str, int] = {}
         self._graph = TaskGraph()
         self._to_release: deque[TaskRecord] = deque()
@@ -162,6 +164,7 @@ class Supervisor:
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
         self._wakeup_pending = False
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
         self.thread = threading.Thread(target=self._run, name=f"orch-supervisor-{config.name}", daemon=True)
 
     # ----------------------------------------------------------------- commands (any thread)
@@ -204,8 +207,7 @@ class Supervisor:
             while not self._finished():
                 self._dispatch_ready_tasks()
                 timeout = self._timers.time_to_next(time.monotonic())
-                ready = wait([self._wakeup_r, *self._waitables], timeout)
-                self._handle_ready(ready)
+                self._handle_ready(self._selector.select(timeout))
                 self._fire_due_timers()
         except BaseException:
             logger.critical("supervisor failed; killing workers and failing open tasks", exc_info=True)
@@ -222,18 +224,19 @@ class Supervisor:
             and self._counts[TaskStatus.RUNNING] == 0
         )
 
-    def _handle_ready(self, ready: list[Any]) -> None:
+    def _handle_ready(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
         deaths = []
-        for item in ready:
-            worker = self._waitables.get(item)
-            if worker is None:
+        for key, _ in ready:
+            if key.data is None:
                 continue
-            if item is worker.conn:
+            worker, what = key.data
+            if what == "pipe":
                 self._drain(worker)
             else:
                 deaths.append(worker)
         for worker in deaths:
-            self._reap(worker)
+            if worker.worker_id in self._workers:
+                self._reap(worker)
         self._run_commands()
 
     def _run_commands(self) -> None:
@@ -318,7 +321,7 @@ class Supervisor:
         None when a reference cannot be resolved (the task has then failed).
         """
         spec = record.spec
-        config, deps = spec.packed_config, _EMPTY_DEPS
+        config, deps = record.packed_config, _EMPTY_DEPS
         if record.dep_ids:
             results: dict[str, Any] = {}
             errors: dict[str, Any] = {}
@@ -374,7 +377,7 @@ class Supervisor:
         spec = record.spec
         if record.holds_slot:
             record.holds_slot = False
-            self._queue_slots.release()
+            self._queue_slots.give()
         Timers.cancel(worker.timer)
         worker.type = spec.type
         worker.tasks[record.task_id] = None
@@ -392,10 +395,10 @@ class Supervisor:
     def _drain(self, worker: WorkerHandle) -> None:
         conn = worker.conn
         try:
-            while conn.poll():
+            while worker.readable():
                 self._handle_message(worker, protocol.decode(conn.recv_bytes()))
         except (EOFError, OSError):
-            self._waitables.pop(conn, None)
+            self._unwatch(conn.fileno())
         except protocol.ProtocolError:
             logger.exception("worker %d sent an undecodable frame; killing it", worker.worker_id)
             self._kill(worker, "crashed")
@@ -608,14 +611,14 @@ class Supervisor:
         if record.result is not None:
             return
         # A retry is not a new submission: it is queued even when the queue is full.
-        record.holds_slot = self._queue_slots.acquire(blocking=False)
+        record.holds_slot = self._queue_slots.take()
         self._make_ready(record)
 
     def _detach(self, record: TaskRecord) -> None:
         """Free what a task holds: its queue slot, its place in the ready queue, its type's capacity."""
         if record.holds_slot:
             record.holds_slot = False
-            self._queue_slots.release()
+            self._queue_slots.give()
         if record.in_ready:
             record.in_ready = False
             self._ready.remove(record.task_id)
@@ -651,7 +654,6 @@ class Supervisor:
         )
         record.status = status
         record.result = result
-        record.done.set()
         for notify in record.waiters:
             notify(result)
         record.waiters.clear()
@@ -838,8 +840,8 @@ class Supervisor:
         worker = self._pool.spawn(self._next_worker_id)
         self._next_worker_id += 1
         self._workers[worker.worker_id] = worker
-        self._waitables[worker.conn] = worker
-        self._waitables[worker.sentinel] = worker
+        self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
+        self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "exit"))
         listeners = self._bus.listeners("worker_spawned")
         if listeners:
             event = WorkerSpawnedEvent.model_construct(
@@ -878,6 +880,10 @@ class Supervisor:
         kill_process_tree(worker.pid)
         logger.debug("killed worker %d (%s)", worker.worker_id, reason)
 
+    def _unwatch(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+
     def _on_idle_timeout(self, worker: WorkerHandle) -> None:
         busy_or_gone = worker.state != "idle" or worker.worker_id not in self._workers
         staying = sum(w.exit_reason is None for w in self._workers.values())
@@ -892,8 +898,8 @@ class Supervisor:
         exitcode = worker.process.exitcode
         Timers.cancel(worker.timer)
         self._workers.pop(worker.worker_id, None)
-        self._waitables.pop(worker.conn, None)
-        self._waitables.pop(worker.sentinel, None)
+        self._unwatch(worker.conn.fileno())
+        self._unwatch(worker.sentinel)
         worker.conn.close()
         never_started = worker.state == "starting"
         if never_started:
@@ -1033,6 +1039,7 @@ class Supervisor:
         for record in list(self._tasks.values()):
             if record.result is None:
                 self._fail(record, "cancelled", "the orchestrator shut down before the task finished")
+        self._selector.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
         self._pool.close()

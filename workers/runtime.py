@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import os
 import queue
+import select
 import signal
 import sys
 import threading
@@ -108,9 +109,11 @@ class _WorkerRuntime:
     def _read_host_messages(self) -> None:
         # Signals are for the main thread: a handler that blocks SIGTERM there is not overruled here.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, STOP_SIGNAL})
+        poller = select.poll()
+        poller.register(self._conn.fileno(), select.POLLIN)
         while True:
             try:
-                if not self._conn.poll(HOST_CHECK_INTERVAL):
+                if not poller.poll(HOST_CHECK_INTERVAL * 1000):
                     if not _process_alive(self._host_pid):
                         _exit_orphaned()
                     continue

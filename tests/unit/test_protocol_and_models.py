@@ -45,7 +45,7 @@ def test_payloads_keep_int_keys_and_turn_tuples_into_lists() -> None:
     assert protocol.unpack_payload(protocol.pack_payload({1: (2, 3), "b": b"x"})) == {1: [2, 3], "b": b"x"}
 
 
-def test_task_spec_defaults_and_packed_config() -> None:
+def test_task_spec_defaults() -> None:
     spec = TaskSpec(type="research", config={"topic": "x"})
     assert (spec.priority, spec.timeout, spec.retries, spec.depends_on, spec.on_dependency_failure) == (
         5,
@@ -54,7 +54,7 @@ def test_task_spec_defaults_and_packed_config() -> None:
         [],
         "fail",
     )
-    assert protocol.unpack_payload(spec.packed_config) == {"topic": "x"}
+    assert spec.config == {"topic": "x"}
 
 
 @pytest.mark.parametrize(
