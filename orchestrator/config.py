@@ -54,6 +54,7 @@ class OrchestratorConfig(BaseModel):
     )
     start_method: StartMethod = "forkserver"
     enable_logging: bool = False
+    control_socket: bool = Field(True, description="serve a control socket for the orch CLI")
     name: str = "default"
 
     @field_validator("handlers")

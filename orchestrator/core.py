@@ -20,6 +20,7 @@ import psutil
 from pydantic import ValidationError
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
+from orchestrator.control import ControlServer
 from orchestrator.errors import (
     ConfigError,
     GroupNotFoundError,
@@ -66,6 +67,7 @@ class ParallelOrchestrator:
         self._queue_slots = QueueSlots(self.config.task_queue_size)
         self._bus = EventBus(self.config.name)
         self._supervisor: Supervisor | None = None
+        self._control: ControlServer | None = None
         self._state: _State = "created"
         self._lifecycle_lock = threading.Lock()
         if self.config.enable_logging:
@@ -85,7 +87,14 @@ class ParallelOrchestrator:
                 return
             if self._state != "created":
                 raise OrchestratorClosedError("this orchestrator was shut down; create a new one")
-            pool = WorkerPool(self.config.start_method)
+            if self.config.control_socket:
+                self._control = ControlServer(self)
+                self._control.start()
+            try:
+                pool = WorkerPool(self.config.start_method)
+            except OrchestratorError:
+                self._close_control()
+                raise
             self._supervisor = Supervisor(self.config, self._tasks, self._queue_slots, self._bus, pool)
             self._bus.start()
             self._supervisor.thread.start()
@@ -115,10 +124,22 @@ class ParallelOrchestrator:
         with contextlib.suppress(OrchestratorClosedError):  # an earlier shutdown already finished
             supervisor.post(lambda: supervisor.begin_shutdown(cancel_pending, deadline))
         if wait:
-            supervisor.thread.join()
-            self._bus.close()
-            self._state = "closed"
-            _live.discard(self)
+            self._finish_shutdown()
+        else:
+            threading.Thread(target=self._finish_shutdown, name="orch-shutdown", daemon=True).start()
+
+    def _finish_shutdown(self) -> None:
+        """Wait for the supervisor to end, then stop callbacks and the control socket."""
+        assert self._supervisor is not None
+        self._supervisor.thread.join()
+        self._bus.close()
+        self._close_control()
+        self._state = "closed"
+        _live.discard(self)
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            self._control.close()
 
     def __enter__(self) -> Self:
         self.initialize()
@@ -504,6 +525,35 @@ class ParallelOrchestrator:
         except OrchestratorClosedError:
             supervisor.add_waiters(records, notify)  # it has exited: every task is final
 
+    def _tasks_per_second(self) -> float:
+        supervisor = self._running_supervisor()
+        return supervisor.call(supervisor.tasks_per_second)
+
+    def _progress_of(self, task_id: str | None) -> Progress | None:
+        record = self._tasks.get(task_id) if task_id is not None else None
+        return record.progress if record is not None and record.result is None else None
+
+    def _list_tasks(self, status: str | None, task_type: str | None, limit: int) -> list[dict[str, Any]]:
+        """Task summaries, newest first, for the control socket."""
+        rows: list[dict[str, Any]] = []
+        for record in reversed(list(self._tasks.values())):
+            if (status is None or record.status.value == status) and (
+                task_type is None or record.spec.type == task_type
+            ):
+                rows.append(
+                    {
+                        "task_id": record.task_id,
+                        "type": record.spec.type,
+                        "status": record.status.value,
+                        "priority": record.spec.priority,
+                        "description": record.spec.description,
+                        "attempts": record.attempts,
+                    }
+                )
+                if len(rows) == limit:
+                    break
+        return rows
+
     def _running_supervisor(self) -> Supervisor:
         if self._supervisor is None:
             self._ensure_running()
@@ -526,8 +576,7 @@ class ParallelOrchestrator:
             )
             self.shutdown(wait=True, cancel_pending=True, timeout=0)
         elif self._state == "closing" and self._supervisor is not None:
-            self._supervisor.thread.join()
-            self._bus.close()
+            self._finish_shutdown()
 
 
 @final

@@ -71,6 +71,8 @@ TERMINATE_GRACE: Final = 0.25
 # Workers that die before saying Hello this many times in a row stop the pool from respawning
 # on its own (min_workers, fixed pools); each task still gets its own attempt and error.
 MAX_START_FAILURES: Final = 3
+# Finish times kept for the tasks-per-second figure of `orch status` (a minute at 3,000/s).
+THROUGHPUT_SAMPLES: Final = 200_000
 # Partial results kept per task for `stream` (the oldest are dropped first).
 MAX_PARTIALS_KEPT: Final = 1000
 # The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception).
@@ -106,6 +108,7 @@ class TaskRecord:
     worker_pid: int | None = None
     started_at: float | None = None
     timer: Timer | None = None
+    progress: Progress | None = None
     partial_count: int = 0
     partials: deque[tuple[int, Any]] | None = None
     watchers: list[Callable[[], None]] = field(default_factory=list)
@@ -146,6 +149,7 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._running_by_type: dict[str, int] = {}
         self._graph = TaskGraph()
+        self._recent_finishes: deque[float] = deque(maxlen=THROUGHPUT_SAMPLES)
         self._to_release: deque[TaskRecord] = deque()
         self._releasing = False
         # Adaptive concurrency: types throttled after a rate limit, and their successes since.
@@ -471,20 +475,13 @@ class Supervisor:
         record = self._active_record(worker, msg.task_id)
         if record is None:
             return
+        progress = record.progress = Progress.model_construct(
+            task_id=msg.task_id, completed=msg.completed, total=msg.total, message=msg.message
+        )
         listeners = self._bus.listeners("task_progress")
         if listeners or record.on_progress is not None:
             self._bus.post(
-                msg.task_id,
-                _deliver_progress,
-                record.on_progress,
-                listeners,
-                Progress.model_construct(
-                    task_id=msg.task_id,
-                    completed=msg.completed,
-                    total=msg.total,
-                    message=msg.message,
-                ),
-                coalescible=True,
+                msg.task_id, _deliver_progress, record.on_progress, listeners, progress, coalescible=True
             )
 
     def _on_partial(self, worker: WorkerHandle, msg: protocol.TaskPartial) -> None:
@@ -637,6 +634,7 @@ class Supervisor:
         """Record the task's final result once, then tell waiters, callbacks and listeners."""
         self._counts[record.status] -= 1
         self._counts[status] += 1
+        self._recent_finishes.append(time.monotonic())
         self._detach(record)
         finished = time.time()
         started = record.started_at
@@ -1064,6 +1062,12 @@ class Supervisor:
             uptime_s=time.monotonic() - self._started,
             type_limits={**self._config.worker_type_limits, **self._type_limits},
         )
+
+    def tasks_per_second(self, window: float = 60.0) -> float:
+        """Tasks that became final per second over the last ``window`` seconds (or the uptime)."""
+        now = time.monotonic()
+        recent = sum(1 for t in reversed(self._recent_finishes) if now - t <= window)
+        return recent / max(1e-9, min(window, now - self._started))
 
     def worker_rows(self) -> list[dict[str, Any]]:
         """The fields of every worker (without RSS, which the caller measures off this thread)."""

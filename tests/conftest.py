@@ -20,6 +20,18 @@ from tests.helpers.tasks import HANDLERS
 DEADLOCK_TIMEOUT = 30.0
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Control sockets of the tests' orchestrators go to a directory of the test run."""
+    previous = os.environ.get("ORCH_RUNTIME_DIR")
+    os.environ["ORCH_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("orch-runtime"))
+    yield
+    if previous is None:
+        del os.environ["ORCH_RUNTIME_DIR"]
+    else:
+        os.environ["ORCH_RUNTIME_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _debug_logging(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="orchestrator")

@@ -1,0 +1,347 @@
+"""The control socket: a Unix-domain socket through which ``orch`` sees and drives an orchestrator.
+
+One accept thread and one thread per connection, never the supervisor's. Only the same user may
+connect (checked with SO_PEERCRED before any byte is read); every request is validated, and a bad
+one gets an error reply and closes its own connection only. No pickle: frames are msgpack maps
+(see `orchestrator.wire`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import queue
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import psutil
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.models import EVENT_NAMES, Event, TaskStatus
+from orchestrator.wire import (
+    SOCKET_SUFFIX,
+    FrameTooLarge,
+    WireError,
+    recv_frame,
+    runtime_dir,
+    send_frame,
+    socket_name,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.core import ParallelOrchestrator
+
+logger = logging.getLogger(__name__)
+
+IDLE_TIMEOUT: Final = 60.0  # a connection that sends nothing this long is closed
+MAX_TASKS_LISTED: Final = 10_000
+_WATCH_BACKLOG: Final = 10_000  # events queued for a slow watcher before the oldest are dropped
+_FINAL_EVENTS: Final = frozenset({"task_completed", "task_error", "task_cancelled"})
+
+
+class ControlServer:
+    """Serves one orchestrator's control socket until `close`."""
+
+    def __init__(self, orchestrator: ParallelOrchestrator) -> None:
+        config = orchestrator.config
+        self._orchestrator = orchestrator
+        self._default_name = "name" not in config.model_fields_set
+        self.path = prepare_runtime_dir() / socket_name(config.name, self._default_name)
+        self._listener: socket.socket | None = None
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._processes: dict[int, psutil.Process] = {}
+        self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "status": self._status,
+            "workers": self._workers,
+            "tasks": self._tasks,
+            "result": self._result,
+            "submit": self._submit,
+            "cancel": self._cancel,
+        }
+
+    def start(self) -> None:
+        """Bind (replacing a stale socket), then serve on a thread of its own.
+
+        Raises:
+            OrchestratorError: a live orchestrator already serves this socket.
+        """
+        self._claim_path()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        listener.bind(str(temporary))
+        os.chmod(temporary, 0o600)
+        listener.listen(64)
+        os.rename(temporary, self.path)  # the socket appears only once it accepts connections
+        self._listener = listener
+        threading.Thread(target=self._accept_loop, name="orch-control", daemon=True).start()
+
+    def _claim_path(self) -> None:
+        """An unnamed orchestrator never collides: the second in a process takes ``-2``, and so on."""
+        if not self._default_name:
+            _claim(self.path)
+            return
+        stem = self.path.name.removesuffix(SOCKET_SUFFIX)
+        for number in range(1, 10_000):
+            candidate = self.path.with_name(f"{stem}{'' if number == 1 else f'-{number}'}{SOCKET_SUFFIX}")
+            try:
+                _claim(candidate)
+            except OrchestratorError:
+                continue
+            self.path = candidate
+            return
+        raise OrchestratorError(f"no free control socket name next to {self.path}")
+
+    def close(self) -> None:
+        """Stop serving, close every connection and remove the socket file; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        with self._lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._serve, args=(connection,), name="orch-control-conn", daemon=True
+            ).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection:
+            if not _same_user(connection):
+                with contextlib.suppress(OSError, WireError):
+                    send_frame(connection, {"ok": False, "error": "permission denied"})
+                return
+            with self._lock:
+                self._connections.add(connection)
+            try:
+                connection.settimeout(IDLE_TIMEOUT)
+                self._serve_requests(connection)
+            except (OSError, WireError):
+                pass
+            finally:
+                with self._lock:
+                    self._connections.discard(connection)
+
+    def _serve_requests(self, connection: socket.socket) -> None:
+        while not self._closed.is_set():
+            try:
+                request = recv_frame(connection)
+            except FrameTooLarge as exc:
+                send_frame(connection, {"ok": False, "error": str(exc)})
+                return
+            except WireError as exc:
+                send_frame(connection, {"ok": False, "error": f"malformed request: {exc}"})
+                return
+            if request is None:
+                return
+            op = request.get("op")
+            if op == "watch":
+                self._watch(connection, request)
+                return
+            handler = self._ops.get(op) if isinstance(op, str) else None
+            if handler is None:
+                known = ", ".join(sorted([*self._ops, "watch"]))
+                send_frame(connection, {"ok": False, "error": f"unknown op {op!r}; ops are: {known}"})
+                return
+            send_frame(connection, self._reply(handler, request))
+
+    @staticmethod
+    def _reply(handler: Callable[[dict[str, Any]], Any], request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"ok": True, "data": handler(request)}
+        except (OrchestratorError, ValueError, TypeError, KeyError, TimeoutError) as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    # ----------------------------------------------------------------- operations
+
+    def _status(self, request: dict[str, Any]) -> dict[str, Any]:
+        orchestrator = self._orchestrator
+        status = orchestrator.get_status()
+        return {
+            "name": orchestrator.config.name,
+            "pid": os.getpid(),
+            "uptime_s": status.uptime_s,
+            "tasks_per_s": orchestrator._tasks_per_second(),
+            "status": status.model_dump(mode="json"),
+        }
+
+    def _workers(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = []
+        for worker in self._orchestrator.get_workers():
+            row = worker.model_dump(mode="json")
+            row["cpu_percent"] = self._cpu_percent(worker.pid)
+            progress = self._orchestrator._progress_of(worker.current_task)
+            row["progress"] = progress.model_dump(mode="json") if progress else None
+            rows.append(row)
+        return rows
+
+    def _tasks(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        limit = _argument(request, "limit", int, 100)
+        if not 1 <= limit <= MAX_TASKS_LISTED:
+            raise ValueError(f"limit must be between 1 and {MAX_TASKS_LISTED}, not {limit}")
+        status = _argument(request, "status", str, None)
+        if status is not None:
+            TaskStatus(status)
+        return self._orchestrator._list_tasks(status, _argument(request, "type", str, None), limit)
+
+    def _result(self, request: dict[str, Any]) -> dict[str, Any]:
+        task_id = _argument(request, "task_id", str)
+        result = self._orchestrator.get_result(task_id)
+        if result is None:
+            return {"task_id": task_id, "status": self._orchestrator.get_task_status(task_id).value}
+        return result.model_dump(mode="json")
+
+    def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        spec = _argument(request, "spec", dict)
+        return {"task_id": self._orchestrator.submit_task(spec)}
+
+    def _cancel(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"cancelled": self._orchestrator.cancel(_argument(request, "task_id", str))}
+
+    def _watch(self, connection: socket.socket, request: dict[str, Any]) -> None:
+        """Stream one frame per event until the client leaves (or the watched task ends)."""
+        try:
+            task_id = _argument(request, "task_id", str, None)
+            final = self._orchestrator.get_result(task_id) if task_id is not None else None
+        except (OrchestratorError, ValueError) as exc:
+            send_frame(connection, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        send_frame(connection, {"ok": True, "data": {"watching": task_id or "all"}})
+        if final is not None:
+            send_frame(connection, {"event": f"task_{'completed' if final.success else final.status.value}",
+                                    "task_id": task_id, "result": final.model_dump(mode="json")})  # fmt: skip
+            return
+        events: queue.Queue[Event] = queue.Queue(maxsize=_WATCH_BACKLOG)
+
+        def enqueue(event: Event) -> None:
+            if task_id is None or getattr(event, "task_id", None) == task_id:
+                with contextlib.suppress(queue.Full):
+                    events.put_nowait(event)
+
+        unsubscribe = [self._orchestrator.on(name, enqueue) for name in sorted(EVENT_NAMES)]
+        try:
+            self._stream(connection, events, task_id)
+        finally:
+            for stop in unsubscribe:
+                stop()
+
+    def _stream(self, connection: socket.socket, events: queue.Queue[Event], task_id: str | None) -> None:
+        connection.settimeout(None)
+        while not self._closed.is_set():
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                if _peer_gone(connection):
+                    return
+                continue
+            send_frame(connection, event.model_dump(mode="json"))
+            if task_id is not None and event.event in _FINAL_EVENTS:
+                return
+
+    def _cpu_percent(self, pid: int | None) -> float | None:
+        """CPU% since the last look (the first look: the average since the worker started)."""
+        if pid is None:
+            return None
+        try:
+            process = self._processes.get(pid)
+            if process is None:
+                process = self._processes[pid] = psutil.Process(pid)
+                times = process.cpu_times()
+                elapsed = max(time.time() - process.create_time(), 1e-6)
+                process.cpu_percent(interval=None)
+                return round(100 * (times.user + times.system) / elapsed, 1)
+            return float(process.cpu_percent(interval=None))
+        except psutil.Error:
+            self._processes.pop(pid, None)
+            return None
+
+
+def prepare_runtime_dir() -> Path:
+    """Create the runtime dir 0700 if needed; refuse one that belongs to another user."""
+    directory = runtime_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid != os.getuid():
+        raise OrchestratorError(
+            f"runtime dir {directory} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); "
+            "set ORCH_RUNTIME_DIR to a directory of your own"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(directory, 0o700)
+    return directory
+
+
+def _claim(path: Path) -> None:
+    """Make way for our socket: a live one is an error, a stale one is removed."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        path.unlink(missing_ok=True)
+        logger.info("replaced the stale control socket %s", path)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTSOCK):
+            raise OrchestratorError(f"cannot use the control socket {path}: {exc}") from exc
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise OrchestratorError(
+        f"another orchestrator is running with this name: its control socket {path} accepts "
+        "connections; choose another name, or stop it first"
+    )
+
+
+def _same_user(connection: socket.socket) -> bool:
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    uid: int = struct.unpack("3i", credentials)[1]
+    return uid == os.getuid()
+
+
+def _peer_gone(connection: socket.socket) -> bool:
+    try:
+        return not connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+_MISSING: Final = object()
+
+
+def _argument(request: dict[str, Any], key: str, kind: type, default: Any = _MISSING) -> Any:
+    value = request.get(key, default)
+    if value is _MISSING:
+        raise ValueError(f"request needs {key!r}")
+    if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is int)):
+        raise ValueError(f"{key!r} must be a {kind.__name__}, not {type(value).__name__}")
+    return value
