@@ -1,11 +1,23 @@
-"""The ``orch`` command line. Commands are thin: they parse, then call the public API.
+"""The ``orch`` command line. Commands are thin: they parse, then call the public API or a socket.
 
-Imports of the orchestrator's core are deferred into each command, so ``orch --help`` stays fast.
+Only click, the standard library and msgpack are imported up front; the orchestrator's core,
+pydantic, psutil and rich are imported inside the commands that need them, so that
+``orch status`` answers fast. Exit codes: 0 success, 1 a task failed (or, for ``status``, nothing
+is running), 2 usage or connection errors, 3 a runtime failure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+
+from orchestrator.client import ClientError, Endpoint, choose, discover
 
 
 class OrchCliError(click.ClickException):
@@ -14,10 +26,263 @@ class OrchCliError(click.ClickException):
     exit_code = 3
 
 
+class ConnectionProblem(click.ClickException):
+    """No orchestrator to talk to, several and no --name, or a refused request (exit code 2)."""
+
+    exit_code = 2
+
+
+class NothingRunning(click.ClickException):
+    """``orch status`` found no orchestrator (exit code 1)."""
+
+    exit_code = 1
+
+
+_NAME = click.option(
+    "--name", "-n", default=None, help="the orchestrator's name (default: the only one running)"
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="parallel-orchestrator")
 def main() -> None:
     """parallel-orchestrator: run typed tasks on worker processes, by priority."""
+
+
+def _endpoint(name: str | None) -> Endpoint:
+    try:
+        return choose(name)
+    except ClientError as exc:
+        raise ConnectionProblem(str(exc)) from exc
+
+
+def _ask(endpoint: Endpoint, op: str, **arguments: Any) -> Any:
+    try:
+        return endpoint.request(op, **arguments)
+    except ClientError as exc:
+        raise ConnectionProblem(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------------- status
+
+
+@main.command()
+@_NAME
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--watch", is_flag=True, help="redraw live until Ctrl-C")
+def status(name: str | None, as_json: bool, watch: bool) -> None:
+    """Show every running orchestrator: workers, queue, tasks, memory, throughput."""
+    if watch:
+        _watch_status(name)
+        return
+    snapshots = _snapshots(name)
+    if as_json:
+        click.echo(json.dumps({"orchestrators": snapshots}))
+        return
+    from orchestrator._status_text import render_text
+
+    click.echo(render_text(snapshots))
+
+
+def _snapshots(name: str | None) -> list[dict[str, Any]]:
+    live, stale = discover()
+    for path in stale:
+        click.echo(f"removed a stale control socket: {path}", err=True)
+    if name is not None:
+        live = [e for e in live if e.name == name]
+        if not live:
+            raise NothingRunning(f"no orchestrator named {name!r} is running")
+    if not live:
+        raise NothingRunning("no orchestrator is running")
+    snapshots = []
+    for endpoint in live:
+        try:
+            snapshot = endpoint.request("status")
+            snapshot["workers"] = endpoint.request("workers")
+        except ClientError as exc:
+            click.echo(f"skipped {endpoint.name}: {exc}", err=True)
+            continue
+        snapshots.append(snapshot)
+    return snapshots
+
+
+def _watch_status(name: str | None) -> None:
+    from orchestrator._status_view import watch
+
+    with contextlib.suppress(KeyboardInterrupt):
+        watch(lambda: _snapshots(name))
+
+
+# --------------------------------------------------------------------------------- run
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML or JSON file of OrchestratorConfig fields",
+)
+@_NAME
+@click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="seconds running tasks get at SIGTERM/SIGINT",
+)
+def run(config_file: Path | None, name: str | None, grace: float) -> None:
+    """Run a standalone orchestrator in the foreground until SIGTERM or Ctrl-C."""
+    from orchestrator._daemon import run_daemon
+    from orchestrator.errors import OrchestratorError
+
+    try:
+        run_daemon(_load_config(config_file), name, grace)
+    except OrchestratorError as exc:
+        raise OrchCliError(str(exc)) from exc
+
+
+def _load_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    text = path.read_bytes()
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            loaded = tomllib.loads(text.decode())
+        else:
+            loaded = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise click.BadParameter(f"{path} must hold a table/object of OrchestratorConfig fields")
+    return loaded
+
+
+# --------------------------------------------------------------------------------- submit
+
+
+@main.command()
+@click.argument("task_type")
+@click.option("--config", "config_json", default=None, help="the task's config as JSON")
+@click.option(
+    "--config-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the task's config in a JSON file",
+)
+@click.option("--priority", type=click.IntRange(0, 10), default=None, help="0..10, 10 most urgent")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="seconds")
+@_NAME
+@click.option("--wait", is_flag=True, help="print the final result as one JSON line")
+@click.option("--follow", is_flag=True, help="like --wait, with live progress on stderr")
+def submit(
+    task_type: str,
+    config_json: str | None,
+    config_file: Path | None,
+    priority: int | None,
+    timeout: float | None,
+    name: str | None,
+    wait: bool,
+    follow: bool,
+) -> None:
+    """Submit a task; print its id (and, with --wait or --follow, its result)."""
+    if config_json is not None and config_file is not None:
+        raise click.UsageError("give --config or --config-file, not both")
+    spec: dict[str, Any] = {"type": task_type, "config": _task_config(config_json, config_file)}
+    if priority is not None:
+        spec["priority"] = priority
+    if timeout is not None:
+        spec["timeout"] = timeout
+    endpoint = _endpoint(name)
+    task_id = _ask(endpoint, "submit", spec=spec)["task_id"]
+    click.echo(task_id)
+    if wait or follow:
+        _follow(endpoint, task_id, show=follow)
+        result = _ask(endpoint, "result", task_id=task_id)
+        click.echo(json.dumps(result))
+        raise SystemExit(0 if result.get("status") == "completed" else 1)
+
+
+def _task_config(config_json: str | None, config_file: Path | None) -> Any:
+    text = config_json if config_json is not None else config_file.read_text() if config_file else "{}"
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"the task config is not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise click.BadParameter("the task config must be a JSON object")
+    return config
+
+
+def _follow(endpoint: Endpoint, task_id: str, show: bool) -> None:
+    """Block until the task's final event; with ``show``, draw progress and partials on stderr."""
+    try:
+        events = endpoint.watch(task_id)
+        if not show:
+            for _ in events:
+                pass
+            return
+        from orchestrator._status_view import follow_progress
+
+        follow_progress(events, task_id)
+    except ClientError as exc:
+        raise ConnectionProblem(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------------- one task
+
+
+@main.command()
+@click.argument("task_id")
+@_NAME
+def result(task_id: str, name: str | None) -> None:
+    """Print a task's result as JSON (its status while it is not final)."""
+    data = _ask(_endpoint(name), "result", task_id=task_id)
+    click.echo(json.dumps(data))
+    if data.get("status") in ("error", "cancelled"):
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("task_id")
+@_NAME
+def cancel(task_id: str, name: str | None) -> None:
+    """Cancel a queued or running task."""
+    if _ask(_endpoint(name), "cancel", task_id=task_id)["cancelled"]:
+        click.echo(f"cancelled {task_id}")
+    else:
+        click.echo(f"{task_id} had already ended", err=True)
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option(
+    "--status", "status_filter", type=click.Choice(["queued", "running", "completed", "error", "cancelled"])
+)
+@click.option("--type", "type_filter", default=None, help="only tasks of this type")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@_NAME
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def tasks(
+    status_filter: str | None, type_filter: str | None, limit: int, name: str | None, as_json: bool
+) -> None:
+    """List tasks, newest first."""
+    arguments: dict[str, Any] = {"limit": limit}
+    if status_filter:
+        arguments["status"] = status_filter
+    if type_filter:
+        arguments["type"] = type_filter
+    rows = _ask(_endpoint(name), "tasks", **arguments)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        line = f"{row['task_id']}  {row['type']:<12} {row['status']:<10} p{row['priority']:<3}"
+        click.echo(f"{line} {row['description']}")
+
+
+# --------------------------------------------------------------------------------- demo
 
 
 @main.command()
@@ -27,8 +292,11 @@ def demo(workers: int) -> None:
     from orchestrator.demo import run_demo
     from orchestrator.errors import OrchestratorError
 
+    started = time.monotonic()
     try:
         code = run_demo(workers)
     except OrchestratorError as exc:
         raise OrchCliError(str(exc)) from exc
-    raise SystemExit(code)
+    if code:
+        click.echo(f"some demo tasks failed ({time.monotonic() - started:.1f} s)", err=True)
+    sys.exit(code)

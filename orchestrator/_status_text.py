@@ -1,0 +1,62 @@
+"""``orch status`` as plain text: fast to import (no rich), and nothing is ever cut short."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_COLUMNS = ("id", "type", "pid", "state", "task", "progress", "done", "RSS", "CPU%")
+
+
+def render_text(snapshots: list[dict[str, Any]]) -> str:
+    """Each orchestrator's header and workers table, as lines of text."""
+    return "\n\n".join(_orchestrator(snapshot) for snapshot in snapshots)
+
+
+def _orchestrator(snapshot: dict[str, Any]) -> str:
+    status = snapshot["status"]
+    header = (
+        f"{snapshot['name']}  pid {snapshot['pid']}  up {_duration(snapshot['uptime_s'])}\n"
+        f"workers {status['busy']} busy / {status['idle']} idle / {status['max_workers']} max   "
+        f"queued {status['queued']}  running {status['running']}  completed {status['completed']}  "
+        f"failed {status['failed']}  cancelled {status['cancelled']}   "
+        f"{snapshot['tasks_per_s']:.1f} tasks/s (last minute)"
+    )
+    rows = [_row(worker) for worker in snapshot["workers"]] or [["-", "no workers", *[""] * 7]]
+    return header + "\n" + _table([list(_COLUMNS), *rows])
+
+
+def _row(worker: dict[str, Any]) -> list[str]:
+    return [
+        str(worker["worker_id"]),
+        worker["type"] or "-",
+        str(worker["pid"]),
+        worker["state"],
+        ", ".join(worker["current_tasks"]) or "-",
+        _progress(worker.get("progress")),
+        str(worker["tasks_completed"]),
+        "-" if worker["rss_bytes"] is None else f"{worker['rss_bytes'] / 2**20:.0f} MiB",
+        "-" if worker["cpu_percent"] is None else f"{worker['cpu_percent']:.0f}",
+    ]
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _progress(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return "-"
+    total = progress.get("total")
+    amount = f"{progress['completed']:g}/{total:g}" if total else f"{progress['completed']:g}"
+    return f"{amount} {progress.get('message', '')}".strip()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

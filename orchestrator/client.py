@@ -1,0 +1,119 @@
+"""A client for control sockets: find running orchestrators and send them requests.
+
+Light on purpose (standard library and msgpack only), since every ``orch`` command starts here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.wire import SOCKET_SUFFIX, WireError, recv_frame, runtime_dir, send_frame
+
+CONNECT_TIMEOUT = 5.0
+
+
+class ClientError(Exception):
+    """A request that failed: no such orchestrator, a refused connection, or an error reply."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One running orchestrator's control socket."""
+
+    name: str
+    path: Path
+
+    def request(self, op: str, **arguments: Any) -> Any:
+        """Send one request and return the reply's data; raise `ClientError` on an error reply."""
+        with self._connect() as sock:
+            send_frame(sock, {"op": op, **arguments})
+            reply = _read(sock)
+        if reply is None:
+            raise ClientError(f"{self.name}: the connection closed without a reply")
+        if not reply.get("ok"):
+            raise ClientError(f"{self.name}: {reply.get('error', 'request failed')}")
+        return reply.get("data")
+
+    def watch(self, task_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Yield events (maps) as they happen; with a task id, until that task's final event."""
+        arguments: dict[str, Any] = {"op": "watch"}
+        if task_id is not None:
+            arguments["task_id"] = task_id
+        with self._connect() as sock:
+            send_frame(sock, arguments)
+            first = _read(sock)
+            if first is None or not first.get("ok"):
+                raise ClientError(f"{self.name}: {(first or {}).get('error', 'watch refused')}")
+            sock.settimeout(None)
+            while (event := _read(sock)) is not None:
+                yield event
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(str(self.path))
+        except OSError as exc:
+            sock.close()
+            raise ClientError(f"{self.name}: cannot connect to {self.path}: {exc.strerror or exc}") from exc
+        return sock
+
+
+def _read(sock: socket.socket) -> dict[str, Any] | None:
+    try:
+        return recv_frame(sock)
+    except (OSError, WireError) as exc:
+        raise ClientError(f"bad reply: {exc}") from exc
+
+
+def discover() -> tuple[list[Endpoint], list[Path]]:
+    """Live orchestrators in the runtime dir, and the stale sockets found (and removed)."""
+    directory = runtime_dir()
+    live: list[Endpoint] = []
+    stale: list[Path] = []
+    if not directory.is_dir():
+        return live, stale
+    for path in sorted(directory.glob(f"*{SOCKET_SUFFIX}")):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            stale.append(path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        live.append(Endpoint(_name_of(path), path))
+    return live, stale
+
+
+def _name_of(path: Path) -> str:
+    return path.name.removesuffix(SOCKET_SUFFIX)
+
+
+def choose(name: str | None) -> Endpoint:
+    """The orchestrator called ``name``, or the only one running.
+
+    Raises:
+        ClientError: none running, no such name, or several running and no name given.
+    """
+    live, _ = discover()
+    if name is not None:
+        for endpoint in live:
+            if endpoint.name == name:
+                return endpoint
+        raise ClientError(f"no orchestrator named {name!r} is running in {runtime_dir()}")
+    if not live:
+        raise ClientError(f"no orchestrator is running (no live control socket in {runtime_dir()})")
+    if len(live) > 1:
+        names = ", ".join(e.name for e in live)
+        raise ClientError(f"several orchestrators are running ({names}); pick one with --name")
+    return live[0]
