@@ -56,7 +56,7 @@ def test_socket_lives_with_the_orchestrator(make_orch, runtime: Path) -> None:
     path = runtime / "svc.sock"
     assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    with pytest.raises(OrchestratorError, match="svc.sock"):
+    with pytest.raises(OrchestratorError, match=r"svc\.sock"):
         ParallelOrchestrator(name="svc").initialize()
     orch.shutdown()
     assert not path.exists(), "removed before shutdown() returns"
@@ -265,7 +265,7 @@ def test_orch_run_and_submit_end_to_end(tmp_path: Path, runtime: Path) -> None:
             capture_output=True, text=True, env=env, timeout=DEADLOCK_TIMEOUT,
         )  # fmt: skip
         assert submit.returncode == 0, submit.stderr
-        task_id, line = submit.stdout.strip().splitlines()
+        _, line = submit.stdout.strip().splitlines()
         assert json.loads(line)["data"]["config"] == {"n": 7}
         assert (runtime / "svc.sock").exists()
     finally:
