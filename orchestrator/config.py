@@ -46,6 +46,9 @@ class OrchestratorConfig(BaseModel):
     worker_type_limits: dict[str, int] = Field(
         default_factory=dict, description="most running tasks per type"
     )
+    prefetch: int = Field(
+        1, ge=0, strict=True, description="tasks queued in a busy worker ahead of its running one"
+    )
     worker_concurrency: dict[str, int] = Field(
         default_factory=dict, description="async tasks one worker of a type runs at once (default 1)"
     )

@@ -52,7 +52,8 @@ class WorkerHandle:
     state: str = "starting"
     tasks: dict[str, None] = field(default_factory=dict)
     pending: list[protocol.RunTask] = field(default_factory=list)
-    capacity: int = 1
+    slots: int = 1
+    prefetch: int = 0
     tasks_completed: int = 0
     started_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.time)
@@ -73,8 +74,12 @@ class WorkerHandle:
         return next(iter(self.tasks), None)
 
     def has_room(self) -> bool:
-        """True while the worker runs fewer tasks than it can (1, or its type's concurrency)."""
-        return len(self.tasks) < self.capacity and self.exit_reason is None
+        """True while a task sent now would start at once (fewer tasks than its slots)."""
+        return len(self.tasks) < self.slots and self.exit_reason is None
+
+    def can_prefetch(self) -> bool:
+        """True while the worker may hold one more task queued behind its running ones."""
+        return len(self.tasks) < self.slots + self.prefetch and self.exit_reason is None
 
     @property
     def pid(self) -> int | None:

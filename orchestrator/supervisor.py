@@ -119,6 +119,7 @@ class TaskRecord:
     waiting: set[str] = field(default_factory=set)
     plan: str | None = None
     plan_refs: dict[str, str] | None = None
+    revoking: bool = False
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
 
 
@@ -154,6 +155,7 @@ class Supervisor:
         self._releasing = False
         # Adaptive concurrency: types throttled after a rate limit, and their successes since.
         self._type_limits: dict[str, int] = {}
+        self._prefetching = False
         self._successes: dict[str, int] = {}
         self._counts = dict.fromkeys(TaskStatus, 0)
         self._next_worker_id = 1
@@ -292,6 +294,8 @@ class Supervisor:
 
     def _dispatch_ready_tasks(self) -> None:
         if not self._ready:
+            if self._prefetching:
+                self._revoke_prefetched()
             return
         blocked: set[str] = set()
 
@@ -306,6 +310,7 @@ class Supervisor:
             worker = self._worker_for(task_type)
             if worker is None:
                 blocked.add(task_type)
+                self._revoke_outranked(self._tasks[task_id])
                 continue
             self._ready.pop(task_type)
             record = self._tasks[task_id]
@@ -313,6 +318,8 @@ class Supervisor:
             message = self._run_message(record)
             if message is not None:
                 self._assign(record, worker, message)
+        if not self._ready:
+            self._revoke_prefetched()
         self._retire_unneeded_workers()
 
     def _has_capacity(self, task_type: str) -> bool:
@@ -359,15 +366,66 @@ class Supervisor:
         return protocol.pack_payload(substitute(record.spec.config, lookup))
 
     def _worker_for(self, task_type: str) -> WorkerHandle | None:
-        """A worker of this type with room (the most recently active), an untyped one, or a new one."""
+        """Where the task goes: a worker of its type that starts it at once (the most recently
+        active), an untyped one, a new one, then the least loaded one of its type that can hold it
+        queued (prefetch); else none, and an idle worker of another type is retired for room."""
         for wanted in (task_type, None):
             fits = [w for w in self._workers.values() if w.type == wanted and w.has_room()]
             if fits:
                 return max(fits, key=lambda w: w.last_active)
         if len(self._workers) < self._config.max_workers:
             return self._spawn_worker()
+        ahead = [w for w in self._workers.values() if w.type == task_type and w.can_prefetch()]
+        if ahead:
+            return min(ahead, key=lambda w: len(w.tasks))
         self._make_room()
         return None
+
+    def _revoke_prefetched(self) -> None:
+        """An idle worker must not watch a task wait behind a long one elsewhere: ask for it back."""
+        idle = [w for w in self._workers.values() if w.state == "idle" and w.exit_reason is None]
+        if not idle:
+            return
+        for worker in idle:
+            for other in self._workers.values():
+                if other is worker or (worker.type is not None and other.type != worker.type):
+                    continue
+                record = next((r for r in self._open_records(other) if _prefetched(r)), None)
+                if record is not None:
+                    record.revoking = True
+                    other.send(protocol.Revoke(record.task_id))
+                    break
+
+    def _revoke_outranked(self, waiting: TaskRecord) -> None:
+        """A task waits for a worker while one of lower priority sits prefetched: take that back."""
+        if not self._prefetching:
+            return
+        outranked = [
+            record
+            for worker in self._workers.values()
+            if worker.type == waiting.spec.type
+            for record in self._open_records(worker)
+            if _prefetched(record) and record.spec.priority < waiting.spec.priority
+        ]
+        if outranked:
+            record = min(outranked, key=lambda r: (r.spec.priority, -r.seq))
+            assert record.worker is not None
+            record.revoking = True
+            record.worker.send(protocol.Revoke(record.task_id))
+
+    def _on_revoked(self, worker: WorkerHandle, task_id: str) -> None:
+        record = self._active_record(worker, task_id)
+        if record is None:
+            return
+        del worker.tasks[task_id]
+        self._running_by_type[record.spec.type] -= 1
+        record.worker = None
+        record.attempts -= 1
+        record.revoking = False
+        record.holds_slot = self._queue_slots.take()
+        self._make_ready(record)
+        if not worker.tasks and worker.worker_id in self._workers and worker.exit_reason is None:
+            self._make_idle(worker)
 
     def _make_room(self) -> None:
         """Retire the least recently used idle worker of another type, one at a time."""
@@ -418,6 +476,8 @@ class Supervisor:
             self._on_started(worker, msg.task_id, msg.concurrent)
         elif isinstance(msg, protocol.Hello):
             self._on_hello(worker)
+        elif isinstance(msg, protocol.Revoked):
+            self._on_revoked(worker, msg.task_id)
 
     def _on_hello(self, worker: WorkerHandle) -> None:
         self._start_failures = 0
@@ -440,10 +500,14 @@ class Supervisor:
 
     def _on_started(self, worker: WorkerHandle, task_id: str, concurrent: bool) -> None:
         if concurrent:
-            worker.capacity = self._config.worker_concurrency.get(worker.type or "", 1)
+            worker.slots = self._config.worker_concurrency.get(worker.type or "", 1)
+        else:
+            worker.prefetch = self._config.prefetch
+            self._prefetching = self._config.prefetch > 0
         record = self._active_record(worker, task_id)
         if record is None:
             return
+        record.revoking = False
         record.status = TaskStatus.RUNNING
         self._counts[TaskStatus.QUEUED] -= 1
         self._counts[TaskStatus.RUNNING] += 1
@@ -455,7 +519,7 @@ class Supervisor:
             record.timer = self._timers.schedule(
                 time.monotonic() + timeout, self._on_timeout, record, timeout
             )
-        if self._config.max_cpu_seconds is not None and worker.capacity == 1:
+        if self._config.max_cpu_seconds is not None and worker.slots == 1:
             record.cpu_at_start = cpu_seconds(worker.pid)
         self._watch_resources()
         listeners = self._bus.listeners("task_started")
@@ -538,7 +602,7 @@ class Supervisor:
         worker.last_active = time.time()
         limit = self._config.max_tasks_per_worker
         if limit is not None and worker.tasks_completed >= limit:
-            worker.capacity = 0
+            worker.slots = worker.prefetch = 0
             if not worker.tasks:
                 self._retire(worker, "recycled")
         elif not worker.tasks and worker.exit_reason is None:
@@ -937,7 +1001,10 @@ class Supervisor:
         else:
             message = f"worker pid {worker.pid} died while running the task ({how})"
         for record in self._open_records(worker):
-            self._fail(record, "worker_crashed", message)
+            if _prefetched(record) and not never_started:
+                self._on_revoked(worker, record.task_id)  # it never ran: it simply goes back in line
+            else:
+                self._fail(record, "worker_crashed", message)
 
     def _open_records(self, worker: WorkerHandle) -> list[TaskRecord]:
         """The not yet final tasks that this worker still runs for us."""
@@ -1088,6 +1155,11 @@ class Supervisor:
 
 
 _EMPTY_DEPS: Final = protocol.pack_payload(None)
+
+
+def _prefetched(record: TaskRecord) -> bool:
+    """Sent to a worker ahead of time and not started there (nor being taken back already)."""
+    return record.status is TaskStatus.QUEUED and record.worker is not None and not record.revoking
 
 
 def _deliver_progress(

@@ -72,6 +72,14 @@ class StopTask:
 
 
 @dataclass(slots=True)
+class Revoke:
+    """Host -> worker: give this task back if it has not started (another worker is free)."""
+
+    TAG: ClassVar[int] = 4
+    task_id: str
+
+
+@dataclass(slots=True)
 class Shutdown:
     """Host -> worker: finish and exit."""
 
@@ -130,6 +138,14 @@ class TaskDone:
 
 
 @dataclass(slots=True)
+class Revoked:
+    """Worker -> host: the task was given back unstarted, as asked."""
+
+    TAG: ClassVar[int] = 16
+    task_id: str
+
+
+@dataclass(slots=True)
 class TaskFailed:
     """Worker -> host: the task ended without a result; ``kind`` says why."""
 
@@ -143,7 +159,17 @@ class TaskFailed:
 
 
 Message = (
-    RunTask | StopTask | Shutdown | Hello | TaskStarted | TaskProgress | TaskPartial | TaskDone | TaskFailed
+    RunTask
+    | StopTask
+    | Revoke
+    | Shutdown
+    | Hello
+    | TaskStarted
+    | TaskProgress
+    | TaskPartial
+    | TaskDone
+    | Revoked
+    | TaskFailed
 )
 
 _CLASSES: Final[dict[int, type[Any]]] = {
@@ -151,6 +177,8 @@ _CLASSES: Final[dict[int, type[Any]]] = {
     for cls in (
         RunTask,
         StopTask,
+        Revoke,
+        Revoked,
         Shutdown,
         Hello,
         TaskStarted,

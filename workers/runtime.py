@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 import inspect
 import os
-import queue
 import select
 import signal
 import sys
 import threading
 import traceback
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
@@ -72,7 +72,7 @@ class _WorkerRuntime:
         self._worker_id = worker_id
         self._host_pid = host_pid
         self._main_ident = threading.get_ident()
-        self._inbox: queue.SimpleQueue[protocol.Message] = queue.SimpleQueue()
+        self._inbox = _Inbox()
         self._deliver: Callable[[protocol.Message], None] = self._inbox.put
         self._send_lock = threading.Lock()
         # Guards what the reader thread and the main thread hand each other: which tasks run,
@@ -125,6 +125,10 @@ class _WorkerRuntime:
                 _exit_orphaned()
             if isinstance(msg, protocol.StopTask):
                 self._request_stop(msg.task_id, msg.reason)
+                continue
+            if isinstance(msg, protocol.Revoke):
+                if self._inbox.take_back(msg.task_id):
+                    self._send(protocol.Revoked(msg.task_id))
                 continue
             with self._lock:
                 self._deliver(msg)
@@ -243,8 +247,8 @@ class _WorkerRuntime:
                 loop.call_soon_threadsafe(inbox.put_nowait, msg)
 
             self._deliver = deliver
-            while not self._inbox.empty():
-                inbox.put_nowait(self._inbox.get_nowait())
+            for pending in self._inbox.drain():
+                inbox.put_nowait(pending)
         self._start_async(ctx, handler)
         while isinstance(msg := await inbox.get(), protocol.RunTask):
             prepared = self._prepare(msg)
@@ -287,6 +291,40 @@ class _WorkerRuntime:
         if handler is None:
             handler = self._handlers[path] = resolve_handler(path)
         return handler
+
+
+class _Inbox:
+    """Messages for the main thread, in order; a task not yet taken can be taken back (revoked)."""
+
+    def __init__(self) -> None:
+        self._items: deque[protocol.Message] = deque()
+        self._ready = threading.Condition(threading.Lock())
+
+    def put(self, msg: protocol.Message) -> None:
+        with self._ready:
+            self._items.append(msg)
+            self._ready.notify()
+
+    def get(self) -> protocol.Message:
+        with self._ready:
+            while not self._items:
+                self._ready.wait()
+            return self._items.popleft()
+
+    def take_back(self, task_id: str) -> bool:
+        """Remove the queued RunTask of ``task_id``; False if it is not queued (it started)."""
+        with self._ready:
+            for msg in self._items:
+                if isinstance(msg, protocol.RunTask) and msg.task_id == task_id:
+                    self._items.remove(msg)
+                    return True
+        return False
+
+    def drain(self) -> list[protocol.Message]:
+        with self._ready:
+            items = list(self._items)
+            self._items.clear()
+            return items
 
 
 def _classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:

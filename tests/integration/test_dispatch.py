@@ -144,3 +144,50 @@ def test_submit_never_waits_for_workers(make_orch, release: Release) -> None:
     release.open()
     for task_id in ids:
         assert orch.wait(task_id, DEADLOCK_TIMEOUT).success
+
+
+def test_a_prefetched_task_moves_to_a_worker_that_frees_up(make_orch, tmp_path, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=2, prefetch=1)
+    orch.on("task_started", recorder)
+    long_one = Release(tmp_path / "long")
+    short_one = Release(tmp_path / "short")
+    slow = orch.submit_task({"type": "blocker", "config": long_one.config})
+    quick = orch.submit_task({"type": "blocker", "config": short_one.config})
+    recorder.wait_for(lambda events: len(events) == 2)
+    follower = orch.submit_task({"type": "blocker", "config": short_one.config})
+    short_one.open()
+    assert orch.wait(quick, DEADLOCK_TIMEOUT).success
+    assert orch.wait(follower, DEADLOCK_TIMEOUT).success, "it did not wait behind the long task"
+    assert orch.get_task_status(slow) is TaskStatus.RUNNING
+    long_one.open()
+    assert orch.wait(slow, DEADLOCK_TIMEOUT).success
+
+
+def test_a_prefetched_task_survives_its_workers_crash(make_orch, release: Release, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1, prefetch=1)
+    orch.on("task_started", recorder)
+    doomed = orch.submit_task({"type": "blocker", "config": release.config})
+    recorder.wait_for(lambda events: len(events) == 1)
+    waiting = orch.submit_task({"type": "blocker", "config": release.config})
+    orch.get_status()  # a round trip: the second task is now prefetched by the busy worker
+    import os
+    import signal
+
+    os.kill(recorder.events[0].pid, signal.SIGKILL)
+    assert orch.wait(doomed, DEADLOCK_TIMEOUT).error.kind == "worker_crashed"
+    release.open()
+    result = orch.wait(waiting, DEADLOCK_TIMEOUT)
+    assert result.success
+    assert result.attempts == 1, "a task that never started is not charged an attempt"
+
+
+def test_prefetch_zero_sends_one_task_at_a_time(make_orch, release: Release, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1, prefetch=0)
+    orch.on("task_started", recorder)
+    first = orch.submit_task({"type": "blocker", "config": release.config})
+    recorder.wait_for(lambda events: len(events) == 1)
+    second = orch.submit_task({"type": "blocker", "config": release.config})
+    assert orch.cancel(second)
+    assert orch.get_workers()[0].current_tasks == [first]
+    release.open()
+    assert orch.wait(first, DEADLOCK_TIMEOUT).success
