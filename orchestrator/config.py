@@ -46,6 +46,9 @@ class OrchestratorConfig(BaseModel):
     worker_type_limits: dict[str, int] = Field(
         default_factory=dict, description="most running tasks per type"
     )
+    shm_threshold: int | None = Field(
+        65536, ge=1, strict=True, description="bytes from which a buffer travels in shared memory"
+    )
     prefetch: int = Field(
         1, ge=0, strict=True, description="tasks queued in a busy worker ahead of its running one"
     )

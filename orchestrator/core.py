@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import itertools
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -39,6 +40,7 @@ from orchestrator.pool import WorkerPool
 from orchestrator.scheduler import QueueSlots
 from orchestrator.supervisor import Supervisor, TaskRecord
 from workers import protocol
+from workers.shm import BlockWriter, block_prefix
 
 logger = logging.getLogger("orchestrator")
 
@@ -65,6 +67,9 @@ class ParallelOrchestrator:
         self._seq = itertools.count(1)
         self._plan_seq = itertools.count(1)
         self._queue_slots = QueueSlots(self.config.task_queue_size)
+        threshold = self.config.shm_threshold
+        self._block_namespace = f"{os.getpid()}{self._instance}"
+        self._blocks = BlockWriter(block_prefix(self._block_namespace), threshold) if threshold else None
         self._bus = EventBus(self.config.name)
         self._supervisor: Supervisor | None = None
         self._control: ControlServer | None = None
@@ -91,11 +96,13 @@ class ParallelOrchestrator:
                 self._control = ControlServer(self)
                 self._control.start()
             try:
-                pool = WorkerPool(self.config.start_method)
+                pool = WorkerPool(self.config.start_method, self.config.shm_threshold, self._block_namespace)
             except OrchestratorError:
                 self._close_control()
                 raise
-            self._supervisor = Supervisor(self.config, self._tasks, self._queue_slots, self._bus, pool)
+            self._supervisor = Supervisor(
+                self.config, self._tasks, self._queue_slots, self._bus, pool, self._blocks
+            )
             self._bus.start()
             self._supervisor.thread.start()
             self._state = "running"
@@ -270,7 +277,9 @@ class ParallelOrchestrator:
 
     def _new_record(self, spec: TaskSpec, handler: str) -> TaskRecord:
         seq = next(self._seq)
-        return TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, protocol.pack_payload(spec.config))
+        blocks: list[str] = []
+        packed = protocol.pack_payload(spec.config, self._blocks, blocks)
+        return TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, packed, blocks)
 
     def _enqueue(self, records: list[TaskRecord]) -> None:
         """Queue records together, or none of them (queue full, or shut down meanwhile)."""

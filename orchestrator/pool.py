@@ -103,13 +103,18 @@ class WorkerHandle:
 class WorkerPool:
     """Starts worker processes with the configured start method and kills them when told."""
 
-    def __init__(self, start_method: StartMethod) -> None:
+    def __init__(self, start_method: StartMethod, shm_threshold: int | None, block_namespace: str) -> None:
         check_not_reimported_main()
         self._start_method = start_method
+        self._shm_threshold = shm_threshold
+        self._block_namespace = block_namespace
         self._context: Any = multiprocessing.get_context(start_method)
-        self._leased = start_method != "fork"
-        if self._leased:
-            _helper_lease.acquire()
+        self._leased = True
+        _helper_lease.acquire()
+        if shm_threshold is not None:
+            # Workers must share the host's resource tracker (fork children inherit it only if it
+            # runs first): a tracker of their own would unlink the host's blocks when they exit.
+            resource_tracker.ensure_running()
 
     def spawn(self, worker_id: int) -> WorkerHandle:
         """Start one worker process; it says Hello on its pipe once it is ready for tasks."""
@@ -118,13 +123,18 @@ class WorkerPool:
         host_fd = host_end.fileno() if self._start_method == "fork" else -1
         process = self._context.Process(
             target=worker_main,
-            args=(worker_end, worker_id, os.getpid(), host_fd),
+            args=(worker_end, worker_id, os.getpid(), host_fd, self._shm_threshold, self._block_namespace),
             name=f"orch-worker-{worker_id}",
         )
         process.start()
         worker_end.close()
         logger.debug("spawned worker %d (pid %s)", worker_id, process.pid)
         return WorkerHandle(worker_id, process, host_end)
+
+    @property
+    def block_namespace(self) -> str:
+        """The orchestrator's part of the names of its shared-memory blocks."""
+        return self._block_namespace
 
     def close(self) -> None:
         """Release this pool's share of the multiprocessing helpers (see `_HelperLease`)."""

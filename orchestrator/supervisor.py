@@ -59,6 +59,7 @@ from orchestrator.plans import PlanError, substitute
 from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from workers import protocol
+from workers.shm import BlockReader, BlockWriter, block_prefix, unlink_block, unlink_by_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class TaskRecord:
     spec: TaskSpec
     handler: str
     packed_config: bytes
+    blocks: list[str] = field(default_factory=list)
     on_progress: Callable[[Progress], object] | None = None
     on_complete: Callable[[TaskResult], object] | None = None
     on_error: Callable[[TaskResult], object] | None = None
@@ -137,12 +139,15 @@ class Supervisor:
         queue_slots: QueueSlots,
         bus: EventBus,
         pool: WorkerPool,
+        blocks: BlockWriter | None = None,
     ) -> None:
         self._config = config
         self._tasks = tasks
         self._queue_slots = queue_slots
         self._bus = bus
         self._pool = pool
+        self._blocks = blocks
+        self._block_reader = BlockReader(copy=True)
         self._ready = ReadyQueue()
         self._timers = Timers()
         self._workers: dict[int, WorkerHandle] = {}
@@ -343,7 +348,7 @@ class Supervisor:
                     results[dep_id] = outcome.data
                 else:
                     errors[dep_id] = outcome.error.model_dump() if outcome.error else {}
-            deps = protocol.pack_payload([results, errors])
+            deps = protocol.pack_payload([results, errors], self._blocks, record.blocks)
             if record.plan_refs:
                 try:
                     config = self._substituted_config(record, results, errors)
@@ -363,7 +368,7 @@ class Supervisor:
             task_id = refs[plan_id]
             return results[task_id] if task_id in results else errors.get(task_id)
 
-        return protocol.pack_payload(substitute(record.spec.config, lookup))
+        return protocol.pack_payload(substitute(record.spec.config, lookup), self._blocks, record.blocks)
 
     def _worker_for(self, task_type: str) -> WorkerHandle | None:
         """Where the task goes: a worker of its type that starts it at once (the most recently
@@ -553,7 +558,7 @@ class Supervisor:
         if record is None:
             return
         try:
-            data = protocol.unpack_payload(msg.data)
+            data = protocol.unpack_payload(msg.data, self._block_reader)
         except protocol.PayloadError as exc:
             self._fail(record, "serialization", f"a partial result {exc}")
             return
@@ -589,7 +594,7 @@ class Supervisor:
 
     def _complete(self, record: TaskRecord, packed: bytes) -> None:
         try:
-            data = protocol.unpack_payload(packed)
+            data = protocol.unpack_payload(packed, self._block_reader)
         except protocol.PayloadError as exc:
             self._fail(record, "serialization", f"the handler's result {exc}")
             return
@@ -700,6 +705,9 @@ class Supervisor:
         self._counts[status] += 1
         self._recent_finishes.append(time.monotonic())
         self._detach(record)
+        for name in record.blocks:
+            unlink_block(name)
+        record.blocks.clear()
         finished = time.time()
         started = record.started_at
         result = TaskResult.model_construct(
@@ -963,6 +971,7 @@ class Supervisor:
         self._unwatch(worker.conn.fileno())
         self._unwatch(worker.sentinel)
         worker.conn.close()
+        unlink_by_prefix(block_prefix(self._pool.block_namespace, worker.worker_id))
         never_started = worker.state == "starting"
         if never_started:
             self._start_failures += 1
@@ -1104,6 +1113,7 @@ class Supervisor:
         for record in list(self._tasks.values()):
             if record.result is None:
                 self._fail(record, "cancelled", "the orchestrator shut down before the task finished")
+        unlink_by_prefix(block_prefix(self._pool.block_namespace)[:-2])
         self._selector.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)

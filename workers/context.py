@@ -69,6 +69,7 @@ class TaskContext:
     """The handler's view of its task: inputs, progress reporting, partial results, cancellation."""
 
     __slots__ = (
+        "_pack",
         "_send",
         "_stop_reason",
         "attempt",
@@ -88,6 +89,7 @@ class TaskContext:
         deps: dict[str, Any],
         attempt: int,
         send: Callable[[protocol.Message], None],
+        pack: Callable[[Any], bytes] = protocol.pack_payload,
     ) -> None:
         self.task_id = task_id
         self.type = task_type
@@ -96,6 +98,7 @@ class TaskContext:
         self.deps = deps
         self.attempt = attempt
         self._send = send
+        self._pack = pack
         self._stop_reason: str | None = None
 
     def progress(self, completed: float, total: float | None = None, message: str = "") -> None:
@@ -108,7 +111,7 @@ class TaskContext:
 
     def emit(self, data: Any) -> None:
         """Stream a partial result to the host (event ``task_partial``); raise if not msgpack-able."""
-        self._send(protocol.TaskPartial(self.task_id, protocol.pack_payload(data)))
+        self._send(protocol.TaskPartial(self.task_id, self._pack(data)))
 
     @property
     def cancelled(self) -> bool:

@@ -10,9 +10,14 @@ the pipe.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgpack
+
+from workers.shm import decode_extension, encode_extension
+
+if TYPE_CHECKING:
+    from workers.shm import BlockReader, BlockWriter
 
 PROTOCOL_VERSION: Final = 1
 
@@ -25,10 +30,15 @@ class PayloadError(ValueError):
     """User data that msgpack cannot carry (a set, an object, an integer beyond 64 bits...)."""
 
 
-def pack_payload(value: Any) -> bytes:
-    """Pack user data; raise `PayloadError` naming the offending type when msgpack cannot."""
+def pack_payload(value: Any, writer: BlockWriter | None = None, created: list[str] | None = None) -> bytes:
+    """Pack user data; raise `PayloadError` naming the offending type when msgpack cannot.
+
+    With a ``writer``, large buffers go to shared-memory blocks (their names land in ``created``).
+    """
     try:
-        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+        if writer is not None:
+            return writer.pack(value, created)
+        return msgpack.packb(value, use_bin_type=True, default=encode_extension)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(
             f"not msgpack-serialisable: {exc}; use dicts with str keys, lists, str, bytes, "
@@ -36,11 +46,13 @@ def pack_payload(value: Any) -> bytes:
         ) from exc
 
 
-def unpack_payload(data: bytes) -> Any:
+def unpack_payload(data: bytes, reader: BlockReader | None = None) -> Any:
     """Unpack user data packed by `pack_payload`; raise `PayloadError` when it cannot be."""
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (TypeError, ValueError, msgpack.UnpackException) as exc:
+        if reader is not None:
+            return reader.unpack(data)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=decode_extension)
+    except (TypeError, ValueError, OSError, msgpack.UnpackException) as exc:
         raise PayloadError(f"cannot be decoded: {exc}") from exc
 
 

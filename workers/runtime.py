@@ -30,6 +30,7 @@ from typing import Any, Final, NoReturn
 from workers import protocol
 from workers.context import RateLimitError, TaskCancelled, TaskContext, TaskError, stop_exception
 from workers.registry import resolve_handler
+from workers.shm import BlockReader, BlockWriter, block_prefix
 
 STOP_SIGNAL: Final = signal.SIGUSR1
 _STOP_MASK: Final = {STOP_SIGNAL}
@@ -42,7 +43,14 @@ HOST_CHECK_INTERVAL: Final = 0.5
 _MAX_EARLY_STOPS: Final = 1000
 
 
-def worker_main(conn: Connection, worker_id: int, host_pid: int, host_end_fd: int) -> None:
+def worker_main(
+    conn: Connection,
+    worker_id: int,
+    host_pid: int,
+    host_end_fd: int,
+    shm_threshold: int | None,
+    block_namespace: str,
+) -> None:
     """Entry point of a worker process: serve tasks from ``conn`` until told to stop.
 
     Args:
@@ -51,11 +59,14 @@ def worker_main(conn: Connection, worker_id: int, host_pid: int, host_end_fd: in
         host_pid: the host's pid, watched so that the worker never outlives it.
         host_end_fd: the fd number of the host's end of the pipe; under ``fork`` the child holds
             a copy of it, which must be closed or EOF would never report the host's death.
+        shm_threshold: buffers of at least this many bytes travel in shared memory (None: never).
+        block_namespace: the orchestrator's part of its shared-memory block names.
     """
     if host_end_fd >= 0:
         with contextlib.suppress(OSError):
             os.close(host_end_fd)
-    _WorkerRuntime(conn, worker_id, host_pid).serve()
+    blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
+    _WorkerRuntime(conn, worker_id, host_pid, blocks).serve()
 
 
 class _WorkerRuntime:
@@ -67,7 +78,7 @@ class _WorkerRuntime:
     host sends (its ``worker_concurrency``), each stopped by cancelling it.
     """
 
-    def __init__(self, conn: Connection, worker_id: int, host_pid: int) -> None:
+    def __init__(self, conn: Connection, worker_id: int, host_pid: int, blocks: BlockWriter | None) -> None:
         self._conn = conn
         self._worker_id = worker_id
         self._host_pid = host_pid
@@ -86,6 +97,8 @@ class _WorkerRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_tasks: dict[str, asyncio.Task[None]] = {}
         self._handlers: dict[str, Callable[..., Any]] = {}
+        self._blocks = blocks
+        self._mapped: dict[str, BlockReader] = {}
 
     def serve(self) -> None:
         """Run tasks until the host sends Shutdown; exit at once if the host dies."""
@@ -152,24 +165,41 @@ class _WorkerRuntime:
 
     def _prepare(self, msg: protocol.RunTask) -> tuple[TaskContext, Callable[..., Any]] | protocol.TaskFailed:
         """Resolve the handler and build the context; a failure here is the task's error."""
+        mapped = BlockReader(copy=False)
         try:
             handler = self._resolve(msg.handler)
-            config = protocol.unpack_payload(msg.config)
+            config = protocol.unpack_payload(msg.config, mapped)
             deps = _dependencies(protocol.unpack_payload(msg.deps))
         except Exception as exc:  # noqa: BLE001 - reported to the host as the task's error
             return _failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}: ")
-        ctx = TaskContext(msg.task_id, msg.task_type, msg.description, config, deps, msg.attempt, self._send)
+        ctx = TaskContext(
+            msg.task_id, msg.task_type, msg.description, config, deps, msg.attempt, self._send, self._pack
+        )
+        self._mapped[msg.task_id] = mapped
         with self._lock:
             early_stop = self._early_stops.pop(msg.task_id, None)
             if early_stop is None:
                 self._running[msg.task_id] = ctx
         if early_stop is not None:
+            self._finished(ctx)
             return _failure(msg.task_id, early_stop, stop_exception(early_stop))
         return ctx, handler
 
     def _finished(self, ctx: TaskContext) -> None:
         with self._lock:
             self._running.pop(ctx.task_id, None)
+        mapped = self._mapped.pop(ctx.task_id, None)
+        if mapped is not None:
+            mapped.close()
+
+    def _pack(self, value: Any) -> bytes:
+        return protocol.pack_payload(value, self._blocks)
+
+    def _result_message(self, ctx: TaskContext, result: Any) -> protocol.Message:
+        try:
+            return protocol.TaskDone(ctx.task_id, self._pack(result))
+        except protocol.PayloadError as exc:
+            return _failure(ctx.task_id, "serialization", exc, prefix="the handler's result is ")
 
     # ------------------------------------------------------------------ sync mode
 
@@ -181,7 +211,7 @@ class _WorkerRuntime:
             return _classify(ctx, exc)
         finally:
             self._finished(ctx)
-        return _result_message(ctx, result)
+        return self._result_message(ctx, result)
 
     def _invoke(self, handler: Callable[..., Any], ctx: TaskContext) -> Any:
         """Call the handler with the stop signal deliverable, and only while it runs."""
@@ -275,7 +305,7 @@ class _WorkerRuntime:
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
             reply = _classify(ctx, exc)
         else:
-            reply = _result_message(ctx, result)
+            reply = self._result_message(ctx, result)
         finally:
             self._async_tasks.pop(ctx.task_id, None)
             self._finished(ctx)
@@ -344,13 +374,6 @@ def _dependencies(packed: Any) -> dict[str, Any]:
         return {}
     results, errors = packed
     return {**results, **{task_id: TaskError(**fields) for task_id, fields in errors.items()}}
-
-
-def _result_message(ctx: TaskContext, result: Any) -> protocol.Message:
-    try:
-        return protocol.TaskDone(ctx.task_id, protocol.pack_payload(result))
-    except protocol.PayloadError as exc:
-        return _failure(ctx.task_id, "serialization", exc, prefix="the handler's result is ")
 
 
 def _failure(task_id: str, kind: str, exc: BaseException, prefix: str = "") -> protocol.TaskFailed:

@@ -39,6 +39,9 @@ HANDLERS = {
         "async_blocking",
         "deps",
         "throttled",
+        "payload",
+        "array_payload",
+        "leak_and_crash",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -198,3 +201,33 @@ def throttled(ctx: TaskContext) -> Any:
     if not os.path.exists(ctx.config["gate"]):
         raise RateLimitError("slow down", retry_after=ctx.config.get("retry_after"))
     return "ok"
+
+
+def payload(ctx: TaskContext) -> Any:
+    """Describe the config's 'blob' (its type and size), emit one, and return one of config['size'] bytes."""
+    blob = ctx.config.get("blob")
+    size = ctx.config.get("size", 0)
+    ctx.emit({"partial": bytes(size)})
+    return {
+        "seen_type": type(blob).__name__,
+        "seen_len": len(blob) if blob is not None else None,
+        "readonly": getattr(blob, "readonly", None),
+        "first": blob[0] if blob else None,
+        "back": b"\x07" * size,
+    }
+
+
+def array_payload(ctx: TaskContext) -> Any:
+    """Return the config's array doubled (NumPy), reporting how it arrived."""
+    import numpy
+
+    array = ctx.config["array"]
+    return {"arrived_as": type(array).__name__, "doubled": numpy.asarray(array) * 2}
+
+
+def leak_and_crash(ctx: TaskContext) -> Any:
+    """Create a shared-memory block named config['name'] (as a worker's result would be), then die."""
+    from multiprocessing import shared_memory
+
+    shared_memory.SharedMemory(name=ctx.config["name"], create=True, size=4096).close()
+    os._exit(9)

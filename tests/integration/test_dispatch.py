@@ -163,7 +163,9 @@ def test_a_prefetched_task_moves_to_a_worker_that_frees_up(make_orch, tmp_path, 
     assert orch.wait(slow, DEADLOCK_TIMEOUT).success
 
 
-def test_a_prefetched_task_survives_its_workers_crash(make_orch, release: Release, recorder: Recorder) -> None:
+def test_a_prefetched_task_survives_its_workers_crash(
+    make_orch, release: Release, recorder: Recorder
+) -> None:
     orch = make_orch(max_workers=1, prefetch=1)
     orch.on("task_started", recorder)
     doomed = orch.submit_task({"type": "blocker", "config": release.config})

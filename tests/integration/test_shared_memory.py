@@ -1,0 +1,94 @@
+"""Large payloads travel in shared memory, and no block outlives its task, a crash or shutdown."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import DEADLOCK_TIMEOUT, Recorder
+
+MIB = 2**20
+
+
+def our_blocks() -> list[str]:
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"orch_{os.getpid()}")]
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_large_bytes_round_trip_through_shared_memory(make_orch, method: str, recorder: Recorder) -> None:
+    orch = make_orch(start_method=method)
+    orch.on("task_partial", recorder)
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    result = orch.wait(
+        orch.submit_task({"type": "payload", "config": {"blob": blob, "size": MIB}}), DEADLOCK_TIMEOUT
+    )
+    assert result.success, result.error
+    data = result.data
+    assert (data["seen_type"], data["seen_len"], data["readonly"], data["first"]) == (
+        "memoryview",
+        MIB,
+        True,
+        0,
+    )
+    assert data["back"] == b"\x07" * MIB
+    assert isinstance(data["back"], bytes)
+    recorder.wait_for(lambda events: len(events) == 1)
+    assert recorder.events[0].data["partial"] == bytes(MIB)
+    assert our_blocks() == [], "every block is unlinked once its task is final"
+
+
+def test_small_payloads_stay_on_the_pipe(make_orch) -> None:
+    orch = make_orch(shm_threshold=4096)
+    result = orch.wait(
+        orch.submit_task({"type": "payload", "config": {"blob": b"x" * 100, "size": 10}}), DEADLOCK_TIMEOUT
+    )
+    assert result.data["seen_type"] == "bytes"
+
+
+def test_shared_memory_can_be_turned_off(make_orch) -> None:
+    orch = make_orch(shm_threshold=None)
+    result = orch.wait(
+        orch.submit_task({"type": "payload", "config": {"blob": b"x" * MIB, "size": MIB}}), DEADLOCK_TIMEOUT
+    )
+    assert result.data["seen_type"] == "bytes"
+    assert len(result.data["back"]) == MIB
+
+
+def test_numpy_arrays(make_orch) -> None:
+    numpy = pytest.importorskip("numpy")
+    orch = make_orch()
+    array = numpy.arange(100_000, dtype=numpy.float64).reshape(1000, 100)
+    result = orch.wait(
+        orch.submit_task({"type": "array_payload", "config": {"array": array}}), DEADLOCK_TIMEOUT
+    )
+    assert result.success, result.error
+    assert result.data["arrived_as"] == "ndarray"
+    assert numpy.array_equal(result.data["doubled"], array * 2)
+    assert our_blocks() == []
+
+
+def test_blocks_are_unlinked_after_a_timeout_kill(make_orch) -> None:
+    orch = make_orch(timeout_grace=0.2)
+    spec = {"type": "ignore_stop", "config": {"blob": b"z" * MIB}, "timeout": 0.3}
+    assert orch.wait(orch.submit_task(spec), DEADLOCK_TIMEOUT).error.kind == "timeout"
+    assert our_blocks() == []
+
+
+def test_a_crashed_workers_blocks_are_unlinked(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1)
+    orch.on("worker_exited", recorder)
+    orch.wait(
+        orch.submit_task({"type": "leak_and_crash", "config": {"name": "warmup-unused"}}), DEADLOCK_TIMEOUT
+    )
+    recorder.wait_for(lambda events: len(events) == 1)
+    orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)
+    (worker,) = orch.get_workers()
+    namespace = orch._block_namespace
+    name = f"orch_{namespace}_w{worker.worker_id + 1}_leaked"
+    result = orch.wait(
+        orch.submit_task({"type": "leak_and_crash", "config": {"name": name}}), DEADLOCK_TIMEOUT
+    )
+    assert result.error.kind == "worker_crashed"
+    recorder.wait_for(lambda events: len(events) == 3)
+    assert not os.path.exists(f"/dev/shm/{name}"), "the dead worker's block was unlinked"

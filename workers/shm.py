@@ -1,0 +1,174 @@
+"""Large payloads through shared memory: only a block's name crosses the pipe.
+
+Bytes-like values (``bytes``, ``bytearray``, ``memoryview``) and NumPy arrays of at least the
+threshold, anywhere in a config, partial result or result, are written to a
+`multiprocessing.shared_memory` block and replaced by a msgpack extension type naming it.
+
+Lifetimes: on the receiving side a worker sees a read-only ``memoryview`` (or an array viewing
+the block) valid until its handler returns; the host copies a block out once (``bytes`` or an
+array) and unlinks it at once. The host unlinks every block it knows of, and after a worker's
+crash every block named with that worker's prefix, so none is left in /dev/shm.
+
+Blocks stay registered with multiprocessing's resource tracker, which host and workers share:
+should the host die, the tracker unlinks what is left once the last worker is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import sys
+from collections.abc import Callable
+from multiprocessing import shared_memory
+from typing import Any, Final
+
+import msgpack
+
+BYTES_BLOCK: Final = 1
+ARRAY_BLOCK: Final = 2
+INLINE_ARRAY: Final = 3  # a NumPy array small enough to travel on the pipe
+NAME_PREFIX: Final = "orch"
+
+
+def block_prefix(namespace: str, worker_id: int | None = None) -> str:
+    """The name prefix of the blocks of one orchestrator (``namespace``): made by the host
+    (``worker_id`` None) or by one of its workers. ``block_prefix(namespace, None)[:-2]`` is the
+    prefix of them all."""
+    owner = "h" if worker_id is None else f"w{worker_id}"
+    return f"{NAME_PREFIX}_{namespace}_{owner}_"
+
+
+class BlockWriter:
+    """Creates named blocks for one process and packs values, moving large buffers into blocks."""
+
+    def __init__(self, prefix: str, threshold: int) -> None:
+        self._prefix = prefix
+        self._threshold = threshold
+        self._numbers = itertools.count()
+
+    def pack(self, value: Any, created: list[str] | None = None) -> bytes:
+        """msgpack of ``value``; names of the blocks made are appended to ``created``."""
+        packed: bytes = msgpack.packb(value, use_bin_type=True, default=encode_extension)
+        if len(packed) < self._threshold:
+            return packed
+        names: list[str] = created if created is not None else []
+        moved = self._move_large(value, names)
+        return msgpack.packb(moved, use_bin_type=True, default=encode_extension)  # type: ignore[no-any-return]
+
+    def _move_large(self, value: Any, names: list[str]) -> Any:
+        if isinstance(value, dict):
+            return {key: self._move_large(item, names) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._move_large(item, names) for item in value]
+        if isinstance(value, bytes | bytearray | memoryview) and memoryview(value).nbytes >= self._threshold:
+            return self._block(BYTES_BLOCK, memoryview(value).cast("B"), [], names)
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(value, numpy.ndarray) and value.nbytes >= self._threshold:
+            array = numpy.ascontiguousarray(value)
+            return self._block(
+                ARRAY_BLOCK, memoryview(array).cast("B"), [array.dtype.str, list(array.shape)], names
+            )
+        return value
+
+    def _block(self, code: int, data: memoryview, extra: list[Any], names: list[str]) -> msgpack.ExtType:
+        name = f"{self._prefix}{next(self._numbers)}"
+        block = shared_memory.SharedMemory(name=name, create=True, size=max(1, data.nbytes))
+        try:
+            assert block.buf is not None
+            block.buf[: data.nbytes] = data
+        finally:
+            block.close()
+        names.append(name)
+        return msgpack.ExtType(code, msgpack.packb([name, data.nbytes, *extra]))
+
+
+class BlockReader:
+    """Unpacks values whose large buffers live in blocks.
+
+    ``copy=True`` (the host): each block is copied out and unlinked at once. ``copy=False``
+    (a worker): each block is mapped read-only and kept open until `close`.
+    """
+
+    def __init__(self, copy: bool) -> None:
+        self._copy = copy
+        self._open: list[shared_memory.SharedMemory] = []
+
+    def unpack(self, data: bytes) -> Any:
+        """The value packed in ``data``, its blocks mapped (worker) or copied out (host)."""
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=self._ext)
+
+    def close(self) -> None:
+        """Release the mappings of a worker's blocks (a view still held keeps its mapping)."""
+        for block in self._open:
+            with contextlib.suppress(BufferError):
+                block.close()
+        self._open.clear()
+
+    def _ext(self, code: int, payload: bytes) -> Any:
+        if code not in (BYTES_BLOCK, ARRAY_BLOCK):
+            return decode_extension(code, payload)
+        name, size, *extra = msgpack.unpackb(payload, raw=False)
+        block = shared_memory.SharedMemory(name=name)
+        assert block.buf is not None
+        view = block.buf[:size]
+        if self._copy:
+            value: Any = bytes(view)
+            view.release()
+            block.close()
+            unlink_block(name)
+            return _as_array(value, extra, copy=True) if code == ARRAY_BLOCK else value
+        self._open.append(block)
+        readonly = view.toreadonly()
+        return _as_array(readonly, extra, copy=False) if code == ARRAY_BLOCK else readonly
+
+
+def encode_extension(value: Any) -> msgpack.ExtType:
+    """msgpack's ``default``: NumPy arrays travel inline (without NumPy being a dependency)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
+        array = numpy.ascontiguousarray(value)
+        return msgpack.ExtType(
+            INLINE_ARRAY, msgpack.packb([array.dtype.str, list(array.shape), array.tobytes()])
+        )
+    raise TypeError(f"can not serialize {type(value).__name__!r} object")
+
+
+def decode_extension(code: int, payload: bytes) -> Any:
+    """msgpack's ``ext_hook`` for the extensions that need no shared memory."""
+    if code != INLINE_ARRAY:
+        return msgpack.ExtType(code, payload)
+    dtype, shape, data = msgpack.unpackb(payload, raw=False)
+    return _as_array(data, [dtype, shape], copy=True)
+
+
+def _as_array(buffer: Any, extra: list[Any], copy: bool) -> Any:
+    import numpy
+
+    dtype, shape = extra
+    array = numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape)
+    return array.copy() if copy else array
+
+
+def unlink_block(name: str) -> None:
+    """Remove a block by name (also from the resource tracker); a missing one is fine."""
+    try:
+        block = shared_memory.SharedMemory(name=name)
+    except FileNotFoundError:
+        return
+    block.close()
+    block.unlink()
+
+
+def unlink_by_prefix(prefix: str, directory: str = "/dev/shm") -> int:
+    """Unlink every block whose name starts with ``prefix`` (a crashed worker's leftovers)."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            if name.startswith(prefix):
+                unlink_block(name)
+                removed += 1
+    return removed
+
+
+Unpacker = Callable[[bytes], Any]
