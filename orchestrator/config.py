@@ -130,9 +130,8 @@ class TaskSpec(BaseModel):
     @field_validator("config")
     @classmethod
     def _check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        # The round trip proves the config crosses the pipe: unpacking catches unhashable keys.
         try:
-            protocol.unpack_payload(protocol.pack_payload(config))
+            protocol.check_payload(config)
         except protocol.PayloadError as exc:
             raise ValueError(f"config is {exc}") from exc
         return config

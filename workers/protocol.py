@@ -9,6 +9,7 @@ the pipe.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -44,6 +45,41 @@ def pack_payload(value: Any, writer: BlockWriter | None = None, created: list[st
             f"not msgpack-serialisable: {exc}; use dicts with str keys, lists, str, bytes, "
             "int (64-bit), float, bool and None"
         ) from exc
+
+
+_SCALARS: Final = (str, bytes, bytearray, memoryview, float, bool, type(None))
+
+
+def check_payload(value: Any, where: str = "config") -> None:
+    """Raise `PayloadError` naming the first thing in ``value`` that cannot travel.
+
+    A walk over the structure, never over the bytes: a 64 MiB buffer costs no more than a small one.
+    """
+    if isinstance(value, _SCALARS):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise PayloadError(f"not msgpack-serialisable: {where} is an integer beyond 64 bits")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                raise PayloadError(
+                    f"not msgpack-serialisable: {where} has a key of type {type(key).__name__}"
+                )
+            check_payload(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_payload(item, f"{where}[{index}]")
+        return
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
+        return
+    raise PayloadError(
+        f"not msgpack-serialisable: {where} is a {type(value).__name__}; use dicts with str keys, "
+        "lists, str, bytes, int (64-bit), float, bool, None and NumPy arrays"
+    )
 
 
 def unpack_payload(data: bytes, reader: BlockReader | None = None) -> Any:

@@ -207,11 +207,12 @@ class _WorkerRuntime:
         try:
             self._send(protocol.TaskStarted(ctx.task_id, False))
             result = self._invoke(handler, ctx)
+            # Packed before the task's blocks are unmapped: the result may be a view of one.
+            return self._result_message(ctx, result)
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
             return _classify(ctx, exc)
         finally:
             self._finished(ctx)
-        return self._result_message(ctx, result)
 
     def _invoke(self, handler: Callable[..., Any], ctx: TaskContext) -> Any:
         """Call the handler with the stop signal deliverable, and only while it runs."""

@@ -49,9 +49,6 @@ class BlockWriter:
 
     def pack(self, value: Any, created: list[str] | None = None) -> bytes:
         """msgpack of ``value``; names of the blocks made are appended to ``created``."""
-        packed: bytes = msgpack.packb(value, use_bin_type=True, default=encode_extension)
-        if len(packed) < self._threshold:
-            return packed
         names: list[str] = created if created is not None else []
         moved = self._move_large(value, names)
         return msgpack.packb(moved, use_bin_type=True, default=encode_extension)  # type: ignore[no-any-return]
@@ -93,17 +90,28 @@ class BlockReader:
     def __init__(self, copy: bool) -> None:
         self._copy = copy
         self._open: list[shared_memory.SharedMemory] = []
+        self._views: list[memoryview] = []
 
     def unpack(self, data: bytes) -> Any:
         """The value packed in ``data``, its blocks mapped (worker) or copied out (host)."""
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=self._ext)
 
     def close(self) -> None:
-        """Release the mappings of a worker's blocks (a view still held keeps its mapping)."""
-        for block in self._open:
+        """Release the mappings of a worker's blocks.
+
+        A view the handler still holds (or an array made from one) keeps its block mapped for
+        the life of the process; the block's name is unlinked by the host all the same.
+        """
+        for view in self._views:
             with contextlib.suppress(BufferError):
+                view.release()
+        for block in self._open:
+            try:
                 block.close()
+            except BufferError:
+                _still_mapped.append(block)
         self._open.clear()
+        self._views.clear()
 
     def _ext(self, code: int, payload: bytes) -> Any:
         if code not in (BYTES_BLOCK, ARRAY_BLOCK):
@@ -113,14 +121,19 @@ class BlockReader:
         assert block.buf is not None
         view = block.buf[:size]
         if self._copy:
-            value: Any = bytes(view)
+            value: Any = _as_array(view, extra, copy=True) if code == ARRAY_BLOCK else bytes(view)
             view.release()
             block.close()
             unlink_block(name)
-            return _as_array(value, extra, copy=True) if code == ARRAY_BLOCK else value
+            return value
         self._open.append(block)
         readonly = view.toreadonly()
+        self._views += [readonly, view]
         return _as_array(readonly, extra, copy=False) if code == ARRAY_BLOCK else readonly
+
+
+# Blocks a handler kept a view of past its end: closing them would fail, and so would __del__.
+_still_mapped: list[shared_memory.SharedMemory] = []
 
 
 def encode_extension(value: Any) -> msgpack.ExtType:

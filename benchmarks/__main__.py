@@ -1,0 +1,5 @@
+"""``python -m benchmarks``: every benchmark against the peers (see benchmarks/suite.py)."""
+
+from benchmarks.suite import main
+
+main()

@@ -1,0 +1,159 @@
+"""One interface over this orchestrator and its peers, so that every benchmark runs them all alike.
+
+Each contender is a context manager around a warmed pool with ``submit(kind, arg)`` returning a
+handle and ``wait(handle)`` returning the task's value. Kinds: ``noop``, ``cpu`` (arg: ms of CPU),
+``echo`` (arg: the value to return).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Self
+
+from benchmarks import tasks
+
+PLAIN = {"noop": tasks.noop_plain, "cpu": tasks.cpu_plain, "echo": tasks.echo_plain}
+HANDLERS = {"noop": "benchmarks.tasks:noop", "cpu": "benchmarks.tasks:cpu", "echo": "benchmarks.tasks:echo"}
+
+
+class Contender:
+    """Base: a pool of ``workers`` processes started with ``method``."""
+
+    name = ""
+
+    def __init__(self, workers: int, method: str, queue: int = 200_000) -> None:
+        self.workers = workers
+        self.method = method
+        self.queue = queue
+
+    def __enter__(self) -> Self:
+        self.start()
+        for handle in [self.submit("noop", 0) for _ in range(self.workers * 2)]:
+            self.wait(handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def submit(self, kind: str, arg: Any) -> Any:
+        raise NotImplementedError
+
+    def wait(self, handle: Any) -> Any:
+        return handle.result()
+
+    def worker_pids(self) -> list[int]:
+        import psutil
+
+        helpers = ("resource_tracker", "forkserver", "semaphore_tracker")
+        pids = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if not any(helper in " ".join(child.cmdline()) for helper in helpers):
+                    pids.append(child.pid)
+            except psutil.Error:
+                continue
+        return pids
+
+
+class Orchestrator(Contender):
+    name = "parallel-orchestrator"
+
+    def start(self) -> None:
+        from orchestrator import ParallelOrchestrator
+
+        self.orch = ParallelOrchestrator(
+            max_workers=self.workers,
+            min_workers=self.workers,
+            task_queue_size=self.queue,
+            start_method=self.method,
+            handlers=HANDLERS,
+            control_socket=False,
+        )
+        self.orch.initialize()
+
+    def stop(self) -> None:
+        self.orch.shutdown()
+
+    def submit(self, kind: str, arg: Any) -> Any:
+        key = "ms" if kind == "cpu" else "x"
+        return self.orch.submit_task({"type": kind, "config": {key: arg}})
+
+    def wait(self, handle: Any) -> Any:
+        result = self.orch.wait(handle)
+        if not result.success:
+            raise RuntimeError(f"benchmark task failed: {result.error}")
+        return result.data
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self.orch.get_workers() if w.pid is not None]
+
+
+class PPE(Contender):
+    name = "ProcessPoolExecutor"
+
+    def start(self) -> None:
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(self.method))
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def submit(self, kind: str, arg: Any) -> Future[Any]:
+        return self.pool.submit(PLAIN[kind], arg)
+
+
+class MPPool(Contender):
+    name = "multiprocessing.Pool"
+
+    def start(self) -> None:
+        self.pool = multiprocessing.get_context(self.method).Pool(self.workers)
+
+    def stop(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+    def submit(self, kind: str, arg: Any) -> Any:
+        return self.pool.apply_async(PLAIN[kind], (arg,))
+
+    def wait(self, handle: Any) -> Any:
+        return handle.get()
+
+
+class Loky(Contender):
+    name = "loky"
+
+    def start(self) -> None:
+        from loky import get_reusable_executor
+
+        self.pool = get_reusable_executor(max_workers=self.workers, reuse=False)
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def submit(self, kind: str, arg: Any) -> Any:
+        return self.pool.submit(PLAIN[kind], arg)
+
+
+class Pebble(Contender):
+    name = "pebble"
+
+    def start(self) -> None:
+        from pebble import ProcessPool
+
+        self.pool = ProcessPool(max_workers=self.workers, context=multiprocessing.get_context(self.method))
+
+    def stop(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+    def submit(self, kind: str, arg: Any) -> Any:
+        return self.pool.schedule(PLAIN[kind], args=(arg,))
+
+
+ALL: list[type[Contender]] = [Orchestrator, PPE, MPPool, Loky, Pebble]

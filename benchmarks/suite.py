@@ -1,0 +1,194 @@
+"""Every benchmark, this orchestrator against its peers in the same run.
+
+    python -m benchmarks [--workers 2] [--repeat 5] [--start-method fork] [--only NAME ...] [--json PATH]
+
+Each measurement is repeated ``--repeat`` times per contender; the table shows the median, min and
+max and the ratio of medians to ProcessPoolExecutor (for rates: higher is better; for times and
+sizes: lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.contenders import ALL, PPE, Contender
+
+MIB = 2**20
+Measure = Callable[[type[Contender], argparse.Namespace], dict[str, float]]
+
+
+def throughput(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
+    """Tasks per second: 20,000 no-ops submitted one by one, and 2,000 tasks of 1 ms CPU."""
+    figures = {}
+    with kind(args.workers, args.start_method) as pool:
+        for label, task, arg, count in (
+            ("no-op tasks/s", "noop", 0, 20_000),
+            ("1 ms CPU tasks/s", "cpu", 1.0, 2_000),
+        ):
+            started = time.perf_counter()
+            handles = [pool.submit(task, arg) for _ in range(count)]
+            for handle in handles:
+                pool.wait(handle)
+            figures[label] = count / (time.perf_counter() - started)
+    return figures
+
+
+def latency(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
+    """Round trip of 2,000 sequential submit-then-wait no-ops (p50, p99), and submit time while busy."""
+    with kind(args.workers, args.start_method) as pool:
+        trips = []
+        for _ in range(2_000):
+            started = time.perf_counter()
+            pool.wait(pool.submit("noop", 0))
+            trips.append(time.perf_counter() - started)
+        busy = [pool.submit("cpu", 200.0) for _ in range(args.workers)]
+        submits = []
+        handles = []
+        for _ in range(10_000):
+            started = time.perf_counter()
+            handles.append(pool.submit("noop", 0))
+            submits.append(time.perf_counter() - started)
+        for handle in busy + handles:
+            pool.wait(handle)
+    trips.sort()
+    submits.sort()
+    return {
+        "round trip p50 us": trips[len(trips) // 2] * 1e6,
+        "round trip p99 us": trips[int(len(trips) * 0.99)] * 1e6,
+        "submit p50 us": submits[len(submits) // 2] * 1e6,
+        "submit p99 us": submits[int(len(submits) * 0.99)] * 1e6,
+    }
+
+
+def cold_start(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
+    """Construct, start and get a first result (no warm-up)."""
+    started = time.perf_counter()
+    pool = kind(args.workers, args.start_method)
+    pool.start()
+    pool.wait(pool.submit("noop", 0))
+    elapsed = time.perf_counter() - started
+    pool.stop()
+    return {"cold start ms": elapsed * 1000}
+
+
+def payloads(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
+    """Echo of 1 MiB and 64 MiB of bytes (and a 64 MiB NumPy array when NumPy is there)."""
+    figures = {}
+    cases: list[tuple[str, Any]] = [("echo 1 MiB ms", bytes(MIB)), ("echo 64 MiB ms", bytes(64 * MIB))]
+    try:
+        import numpy
+
+        cases.append(("echo 64 MiB array ms", numpy.zeros(8 * MIB)))
+    except ImportError:
+        pass
+    with kind(args.workers, args.start_method) as pool:
+        for label, value in cases:
+            started = time.perf_counter()
+            back = pool.wait(pool.submit("echo", value))
+            figures[label] = (time.perf_counter() - started) * 1000
+            assert len(back) == len(value)
+    return figures
+
+
+def memory(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
+    """USS and RSS of an idle worker (MiB); for the orchestrator also the host's RSS per queued task."""
+    import psutil
+
+    with kind(args.workers, args.start_method) as pool:
+        time.sleep(0.2)
+        infos = [psutil.Process(pid).memory_full_info() for pid in pool.worker_pids()]
+        figures = {
+            "idle worker USS MiB": statistics.median(i.uss for i in infos) / MIB,
+            "idle worker RSS MiB": statistics.median(i.rss for i in infos) / MIB,
+        }
+    return figures
+
+
+def scale(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
+    """Submit rate and host memory with 100,000 tasks queued behind busy workers."""
+    import psutil
+
+    with kind(args.workers, args.start_method) as pool:
+        busy = [pool.submit("cpu", 300.0) for _ in range(args.workers)]
+        before = psutil.Process().memory_info().rss
+        started = time.perf_counter()
+        handles = [pool.submit("noop", 0) for _ in range(100_000)]
+        rate = 100_000 / (time.perf_counter() - started)
+        grown = psutil.Process().memory_info().rss - before
+        for handle in busy + handles:
+            pool.wait(handle)
+    return {"submits/s with 100k queued": rate, "host bytes per queued task": grown / 100_000}
+
+
+BENCHMARKS: dict[str, Measure] = {
+    "throughput": throughput,
+    "latency": latency,
+    "cold_start": cold_start,
+    "payloads": payloads,
+    "memory": memory,
+    "scale": scale,
+}
+Results = dict[str, dict[str, dict[str, list[float]]]]  # benchmark -> figure -> contender -> values
+
+
+def run(args: argparse.Namespace) -> Results:
+    """Every selected benchmark, each contender ``--repeat`` times; tables printed as they finish."""
+    results: Results = {}
+    for name in args.only or list(BENCHMARKS):
+        measure = BENCHMARKS[name]
+        figures = results.setdefault(name, {})
+        for _ in range(args.repeat):
+            for kind in ALL:
+                for figure, value in measure(kind, args).items():
+                    figures.setdefault(figure, {}).setdefault(kind.name, []).append(value)
+        print_table(name, (measure.__doc__ or "").strip(), figures)
+    return results
+
+
+def print_table(name: str, doc: str, figures: dict[str, dict[str, list[float]]]) -> None:
+    """One benchmark's figures: median, min, max and the ratio of medians to ProcessPoolExecutor."""
+    print(f"\n## {name}: {doc}")
+    print(f"{'figure':<30}{'contender':<24}{'median':>11}{'min':>11}{'max':>11}{'vs PPE':>8}")
+    for figure, by_contender in figures.items():
+        base = statistics.median(by_contender[PPE.name]) if PPE.name in by_contender else 0.0
+        for contender, values in by_contender.items():
+            median = statistics.median(values)
+            ratio = f"{median / base:>7.2f}x" if base else "       -"
+            print(
+                f"{figure:<30}{contender:<24}{median:>11,.1f}{min(values):>11,.1f}{max(values):>11,.1f}{ratio}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--start-method", default="fork", choices=["fork", "forkserver", "spawn"])
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS))
+    parser.add_argument("--json", dest="json_path", default=None, help="write every figure to this file")
+    args = parser.parse_args()
+    print(
+        f"{args.workers} workers, start method {args.start_method}, {args.repeat} runs each, "
+        "peers in the same run"
+    )
+    started = time.perf_counter()
+    results = run(args)
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")
+    if args.json_path:
+        with open(args.json_path, "w") as handle:
+            json.dump(
+                {"workers": args.workers, "start_method": args.start_method, "results": results},
+                handle,
+                indent=1,
+            )
+
+
+if __name__ == "__main__":
+    main()
