@@ -9,6 +9,7 @@ is running), 2 usage or connection errors, 3 a runtime failure.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import sys
 import time
@@ -280,6 +281,23 @@ def tasks(
     for row in rows:
         line = f"{row['task_id']}  {row['type']:<12} {row['status']:<10} p{row['priority']:<3}"
         click.echo(f"{line} {row['description']}")
+
+
+# --------------------------------------------------------------------------------- bench
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Run the benchmarks against the peers (options as `python -m benchmarks --help`)."""
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        suite = importlib.import_module("benchmarks.suite")
+    except ImportError as exc:
+        raise OrchCliError("the benchmarks come with the source checkout: run this from its root") from exc
+    sys.argv = ["orch bench", *ctx.args]
+    suite.main()
 
 
 # --------------------------------------------------------------------------------- demo
