@@ -48,6 +48,10 @@ class Contender:
     def wait(self, handle: Any) -> Any:
         return handle.result()
 
+    def abandon(self) -> None:
+        """Stop at once, dropping queued tasks (the scale benchmark does not drain 100,000)."""
+        self.stop()
+
     def worker_pids(self) -> list[int]:
         import psutil
 
@@ -81,6 +85,9 @@ class Orchestrator(Contender):
     def stop(self) -> None:
         self.orch.shutdown()
 
+    def abandon(self) -> None:
+        self.orch.shutdown(cancel_pending=True, timeout=0)
+
     def submit(self, kind: str, arg: Any) -> Any:
         key = "ms" if kind == "cpu" else "x"
         return self.orch.submit_task({"type": kind, "config": {key: arg}})
@@ -104,6 +111,9 @@ class PPE(Contender):
     def stop(self) -> None:
         self.pool.shutdown(wait=True)
 
+    def abandon(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
     def submit(self, kind: str, arg: Any) -> Future[Any]:
         return self.pool.submit(PLAIN[kind], arg)
 
@@ -116,6 +126,10 @@ class MPPool(Contender):
 
     def stop(self) -> None:
         self.pool.close()
+        self.pool.join()
+
+    def abandon(self) -> None:
+        self.pool.terminate()
         self.pool.join()
 
     def submit(self, kind: str, arg: Any) -> Any:
@@ -136,6 +150,9 @@ class Loky(Contender):
     def stop(self) -> None:
         self.pool.shutdown(wait=True)
 
+    def abandon(self) -> None:
+        self.pool.shutdown(wait=True, kill_workers=True)
+
     def submit(self, kind: str, arg: Any) -> Any:
         return self.pool.submit(PLAIN[kind], arg)
 
@@ -150,6 +167,10 @@ class Pebble(Contender):
 
     def stop(self) -> None:
         self.pool.close()
+        self.pool.join()
+
+    def abandon(self) -> None:
+        self.pool.stop()
         self.pool.join()
 
     def submit(self, kind: str, arg: Any) -> Any:

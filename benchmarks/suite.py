@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -110,19 +111,24 @@ def memory(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
 
 
 def scale(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
-    """Submit rate and host memory with 100,000 tasks queued behind busy workers."""
-    import psutil
-
-    with kind(args.workers, args.start_method) as pool:
+    """Submit rate with 100,000 tasks queued behind busy workers; Python heap per queued task."""
+    pool = kind(args.workers, args.start_method)
+    pool.__enter__()
+    try:
         busy = [pool.submit("cpu", 300.0) for _ in range(args.workers)]
-        before = psutil.Process().memory_info().rss
         started = time.perf_counter()
-        handles = [pool.submit("noop", 0) for _ in range(100_000)]
+        for _ in range(100_000):
+            pool.submit("noop", 0)
         rate = 100_000 / (time.perf_counter() - started)
-        grown = psutil.Process().memory_info().rss - before
-        for handle in busy + handles:
-            pool.wait(handle)
-    return {"submits/s with 100k queued": rate, "host bytes per queued task": grown / 100_000}
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        handles = [pool.submit("noop", 0) for _ in range(20_000)]
+        per_task = (tracemalloc.get_traced_memory()[0] - before) / len(handles)
+        tracemalloc.stop()
+        del busy, handles
+    finally:
+        pool.abandon()
+    return {"submits/s with 100k queued": rate, "heap bytes per queued task": per_task}
 
 
 BENCHMARKS: dict[str, Measure] = {
