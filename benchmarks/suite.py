@@ -105,7 +105,7 @@ def payloads(kind: type[Contender], args: argparse.Namespace) -> dict[str, float
 
 
 def memory(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
-    """USS and RSS of an idle worker (MiB); for the orchestrator also the host's RSS per queued task."""
+    """USS and RSS of an idle worker, in MiB (RSS counts pages shared with the forked host)."""
     import psutil
 
     with kind(args.workers, args.start_method) as pool:
