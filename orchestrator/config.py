@@ -61,6 +61,7 @@ class OrchestratorConfig(BaseModel):
     start_method: StartMethod = "forkserver"
     enable_logging: bool = False
     control_socket: bool = Field(True, description="serve a control socket for the orch CLI")
+    journal_path: str | None = Field(None, description="SQLite journal: tasks survive a host crash")
     name: str = "default"
 
     @field_validator("handlers")

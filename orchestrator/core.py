@@ -6,16 +6,18 @@ import asyncio
 import atexit
 import contextlib
 import itertools
+import json
 import logging
 import os
 import queue
 import secrets
+import sqlite3
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Final, Literal, Self, final
+from typing import Any, Final, Literal, Self, cast, final
 
 import psutil
 from pydantic import ValidationError
@@ -34,7 +36,17 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventBus
 from orchestrator.graph import status_counts
-from orchestrator.models import GroupStatus, OrchestratorStatus, Progress, TaskResult, TaskStatus, WorkerInfo
+from orchestrator.journal import Journal, JournalRow, journal_result, restore_result
+from orchestrator.models import (
+    ErrorKind,
+    GroupStatus,
+    OrchestratorStatus,
+    Progress,
+    TaskError,
+    TaskResult,
+    TaskStatus,
+    WorkerInfo,
+)
 from orchestrator.plans import PlanError, references, validate_plan
 from orchestrator.pool import WorkerPool
 from orchestrator.scheduler import QueueSlots
@@ -73,6 +85,8 @@ class ParallelOrchestrator:
         self._bus = EventBus(self.config.name)
         self._supervisor: Supervisor | None = None
         self._control: ControlServer | None = None
+        self._journal: Journal | None = None
+        self._recovered: list[str] = []
         self._state: _State = "created"
         self._lifecycle_lock = threading.Lock()
         if self.config.enable_logging:
@@ -92,19 +106,30 @@ class ParallelOrchestrator:
                 return
             if self._state != "created":
                 raise OrchestratorClosedError("this orchestrator was shut down; create a new one")
-            if self.config.control_socket:
-                self._control = ControlServer(self)
-                self._control.start()
+            journal = Journal(self.config.journal_path) if self.config.journal_path else None
             try:
-                pool = WorkerPool(self.config.start_method, self.config.shm_threshold, self._block_namespace)
+                if self.config.control_socket:
+                    self._control = ControlServer(self)
+                    self._control.start()
+                private = (journal.lock_fd,) if journal is not None else ()
+                pool = WorkerPool(
+                    self.config.start_method, self.config.shm_threshold, self._block_namespace, private
+                )
             except OrchestratorError:
                 self._close_control()
+                if journal is not None:
+                    journal.close()
                 raise
+            self._journal = journal
+            recovered = self._recover(journal) if journal is not None else []
             self._supervisor = Supervisor(
-                self.config, self._tasks, self._queue_slots, self._bus, pool, self._blocks
+                self.config, self._tasks, self._queue_slots, self._bus, pool, self._blocks, journal
             )
             self._bus.start()
             self._supervisor.thread.start()
+            if recovered:
+                supervisor = self._supervisor
+                supervisor.post(lambda: supervisor.accept(recovered))
             self._state = "running"
             _live.add(self)
         logger.info("orchestrator %r started (max_workers=%d)", self.config.name, self.config.max_workers)
@@ -141,8 +166,13 @@ class ParallelOrchestrator:
         self._supervisor.thread.join()
         self._bus.close()
         self._close_control()
+        self._close_journal()
         self._state = "closed"
         _live.discard(self)
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
 
     def _close_control(self) -> None:
         if self._control is not None:
@@ -292,12 +322,68 @@ class ParallelOrchestrator:
             self._tasks[record.task_id] = record
         supervisor = self._running_supervisor()
         try:
+            if self._journal is not None:
+                self._journal.add([_journal_row(record) for record in records])
             supervisor.post(lambda: supervisor.accept(records))
-        except OrchestratorClosedError:
+        except (OrchestratorClosedError, sqlite3.Error) as exc:
             for record in records:
                 del self._tasks[record.task_id]
             self._queue_slots.give(len(records))
+            if isinstance(exc, sqlite3.Error):
+                raise OrchestratorError(f"the journal could not record the task: {exc}") from exc
             raise
+
+    def recovered_tasks(self) -> list[str]:
+        """Ids of the tasks that were queued or running when the journal's last host died
+        (those that ended ``interrupted`` included), in submission order."""
+        return list(self._recovered)
+
+    def _recover(self, journal: Journal) -> list[TaskRecord]:
+        """Rebuild every journaled task: final ones readable again, open ones to run again."""
+        to_run = []
+        highest = 0
+        for row in journal.rows():
+            highest = max(highest, row.seq)
+            record = self._restore(row)
+            self._tasks[record.task_id] = record
+            if row.status in ("queued", "running"):
+                self._recovered.append(record.task_id)
+                if record.result is None:
+                    to_run.append(record)
+        self._seq = itertools.count(highest + 1)
+        journal.flush()
+        return to_run
+
+    def _restore(self, row: JournalRow) -> TaskRecord:
+        spec = TaskSpec.model_validate({**row.spec, "config": protocol.unpack_payload(row.config)})
+        handler = self._handlers.get(spec.type, "")
+        blocks: list[str] = []
+        packed = protocol.pack_payload(spec.config, self._blocks, blocks)
+        record = TaskRecord(row.task_id, row.seq, spec, handler, packed, blocks)
+        record.attempts, record.plan, record.plan_refs = row.attempts, row.plan, row.plan_refs
+        record.holds_slot = False  # recovered tasks are admitted whatever task_queue_size is
+        if row.result is not None:
+            _set_final(record, restore_result(row.task_id, TaskStatus(row.status), row.attempts, row.result))
+        elif not handler:
+            message = f"UnknownTaskTypeError: no handler for {spec.type!r} any more"
+            self._end_recovered(record, "exception", message)
+        elif row.status == "running" and not spec.idempotent:
+            self._end_recovered(record, "interrupted", "the host died while it ran, and it is not idempotent")
+        elif row.status == "running":
+            record.interrupted = 1  # the rerun of a crash does not use up retries
+        return record
+
+    def _end_recovered(self, record: TaskRecord, kind: str, message: str) -> None:
+        result = TaskResult(
+            task_id=record.task_id,
+            status=TaskStatus.ERROR,
+            success=False,
+            error=TaskError(kind=cast(ErrorKind, kind), message=message),
+            attempts=record.attempts,
+        )
+        _set_final(record, result)
+        assert self._journal is not None
+        self._journal.finished(record.task_id, "error", record.attempts, journal_result(result))
 
     def _ensure_running(self) -> None:
         if self._state == "created":
@@ -659,6 +745,25 @@ class _StreamCursor:
 def _post_quietly(supervisor: Supervisor, command: Callable[[], None]) -> None:
     with contextlib.suppress(OrchestratorClosedError):
         supervisor.post(command)
+
+
+def _journal_row(record: TaskRecord) -> tuple[Any, ...]:
+    spec = record.spec
+    return (
+        record.task_id,
+        record.seq,
+        spec.model_dump_json(exclude={"config"}),
+        protocol.pack_payload(spec.config),  # never a shared-memory reference: blocks die with the host
+        record.handler,
+        record.plan,
+        json.dumps(record.plan_refs) if record.plan_refs else None,
+        time.time(),
+    )
+
+
+def _set_final(record: TaskRecord, result: TaskResult) -> None:
+    record.status = result.status
+    record.result = result
 
 
 def _build_config(config: OrchestratorConfig | None, overrides: dict[str, Any]) -> OrchestratorConfig:

@@ -103,11 +103,19 @@ class WorkerHandle:
 class WorkerPool:
     """Starts worker processes with the configured start method and kills them when told."""
 
-    def __init__(self, start_method: StartMethod, shm_threshold: int | None, block_namespace: str) -> None:
+    def __init__(
+        self,
+        start_method: StartMethod,
+        shm_threshold: int | None,
+        block_namespace: str,
+        private_fds: tuple[int, ...] = (),
+    ) -> None:
         check_not_reimported_main()
         self._start_method = start_method
         self._shm_threshold = shm_threshold
         self._block_namespace = block_namespace
+        # Host fds a forked worker must not keep open (the journal's single-writer lock).
+        self._private_fds = private_fds
         self._context: Any = multiprocessing.get_context(start_method)
         self._leased = True
         _helper_lease.acquire()
@@ -120,10 +128,10 @@ class WorkerPool:
         """Start one worker process; it says Hello on its pipe once it is ready for tasks."""
         host_end, worker_end = self._context.Pipe(duplex=True)
         # Under fork the child inherits the host's end of its own pipe; it closes it by number.
-        host_fd = host_end.fileno() if self._start_method == "fork" else -1
+        inherited = [host_end.fileno(), *self._private_fds] if self._start_method == "fork" else []
         process = self._context.Process(
             target=worker_main,
-            args=(worker_end, worker_id, os.getpid(), host_fd, self._shm_threshold, self._block_namespace),
+            args=(worker_end, worker_id, os.getpid(), inherited, self._shm_threshold, self._block_namespace),
             name=f"orch-worker-{worker_id}",
         )
         process.start()

@@ -37,6 +37,7 @@ from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError
 from orchestrator.events import Callback, EventBus, call_each
 from orchestrator.graph import Collection, TaskGraph, status_counts
+from orchestrator.journal import Journal, journal_result
 from orchestrator.limits import cpu_seconds, kill_process_tree, tree_rss
 from orchestrator.models import (
     CollectionCompletedEvent,
@@ -122,6 +123,7 @@ class TaskRecord:
     plan: str | None = None
     plan_refs: dict[str, str] | None = None
     revoking: bool = False
+    interrupted: int = 0
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
 
 
@@ -140,6 +142,7 @@ class Supervisor:
         bus: EventBus,
         pool: WorkerPool,
         blocks: BlockWriter | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._config = config
         self._tasks = tasks
@@ -147,6 +150,7 @@ class Supervisor:
         self._bus = bus
         self._pool = pool
         self._blocks = blocks
+        self._journal = journal
         self._block_reader = BlockReader(copy=True)
         self._ready = ReadyQueue()
         self._timers = Timers()
@@ -220,6 +224,8 @@ class Supervisor:
                 timeout = self._timers.time_to_next(time.monotonic())
                 self._handle_ready(self._selector.select(timeout))
                 self._fire_due_timers()
+                if self._journal is not None:
+                    self._journal.flush()
         except BaseException:
             logger.critical("supervisor failed; killing workers and failing open tasks", exc_info=True)
             raise
@@ -427,6 +433,8 @@ class Supervisor:
         record.worker = None
         record.attempts -= 1
         record.revoking = False
+        if self._journal is not None:
+            self._journal.requeued(record.task_id, record.attempts)
         record.holds_slot = self._queue_slots.take()
         self._make_ready(record)
         if not worker.tasks and worker.worker_id in self._workers and worker.exit_reason is None:
@@ -514,6 +522,8 @@ class Supervisor:
             return
         record.revoking = False
         record.status = TaskStatus.RUNNING
+        if self._journal is not None:
+            self._journal.started(task_id, record.attempts)
         self._counts[TaskStatus.QUEUED] -= 1
         self._counts[TaskStatus.RUNNING] += 1
         record.started_at = time.time()
@@ -648,7 +658,7 @@ class Supervisor:
     def _may_retry(record: TaskRecord, kind: str) -> bool:
         spec = record.spec
         retryable = kind in RETRYABLE or (kind == "exception" and spec.retry_on_exception)
-        return retryable and record.attempts <= spec.retries
+        return retryable and record.attempts - record.interrupted <= spec.retries
 
     def _retry_later(self, record: TaskRecord, kind: str, message: str, retry_after: float | None) -> None:
         """Queue the task again after ``retry_after`` or an exponential backoff with jitter.
@@ -659,6 +669,8 @@ class Supervisor:
         self._counts[record.status] -= 1
         self._counts[TaskStatus.QUEUED] += 1
         record.status = TaskStatus.QUEUED
+        if self._journal is not None:
+            self._journal.requeued(record.task_id, record.attempts)
         if retry_after is not None:
             delay = max(0.0, retry_after)
         else:
@@ -724,6 +736,8 @@ class Supervisor:
         )
         record.status = status
         record.result = result
+        if self._journal is not None:
+            self._journal.finished(record.task_id, status.value, record.attempts, journal_result(result))
         for notify in record.waiters:
             notify(result)
         record.waiters.clear()
@@ -1113,6 +1127,8 @@ class Supervisor:
         for record in list(self._tasks.values()):
             if record.result is None:
                 self._fail(record, "cancelled", "the orchestrator shut down before the task finished")
+        if self._journal is not None:
+            self._journal.flush()
         unlink_by_prefix(block_prefix(self._pool.block_namespace)[:-2])
         self._selector.close()
         os.close(self._wakeup_r)

@@ -47,7 +47,7 @@ def worker_main(
     conn: Connection,
     worker_id: int,
     host_pid: int,
-    host_end_fd: int,
+    inherited_fds: list[int],
     shm_threshold: int | None,
     block_namespace: str,
 ) -> None:
@@ -57,14 +57,14 @@ def worker_main(
         conn: this worker's end of its duplex pipe to the host.
         worker_id: the host's number for this worker.
         host_pid: the host's pid, watched so that the worker never outlives it.
-        host_end_fd: the fd number of the host's end of the pipe; under ``fork`` the child holds
-            a copy of it, which must be closed or EOF would never report the host's death.
+        inherited_fds: host fds a ``fork`` child holds copies of and must close: the host's end of
+            its pipe (else EOF would never report the host's death) and the journal's lock.
         shm_threshold: buffers of at least this many bytes travel in shared memory (None: never).
         block_namespace: the orchestrator's part of its shared-memory block names.
     """
-    if host_end_fd >= 0:
+    for fd in inherited_fds:
         with contextlib.suppress(OSError):
-            os.close(host_end_fd)
+            os.close(fd)
     blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
     _WorkerRuntime(conn, worker_id, host_pid, blocks).serve()
 

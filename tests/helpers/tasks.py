@@ -42,6 +42,7 @@ HANDLERS = {
         "payload",
         "array_payload",
         "leak_and_crash",
+        "logged",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -231,3 +232,12 @@ def leak_and_crash(ctx: TaskContext) -> Any:
 
     shared_memory.SharedMemory(name=ctx.config["name"], create=True, size=4096).close()
     os._exit(9)
+
+
+def logged(ctx: TaskContext) -> Any:
+    """Append 'task_id attempt' to config['log'] (O_APPEND), then sleep 600 s on attempt 1 if config['hang']."""
+    with open(ctx.config["log"], "a") as log:
+        log.write(f"{ctx.task_id} {ctx.attempt}\n")
+    if ctx.config.get("hang") and ctx.attempt == 1:
+        time.sleep(600)
+    return ctx.attempt

@@ -1,0 +1,234 @@
+"""The optional SQLite journal: accepted tasks and their results survive a crash of the host.
+
+``submit_task`` commits its task's row before it returns (a WAL append, no fsync); the supervisor
+group-commits state changes and results once per wake-up. The promise is durability against a
+crash of the host process (SIGKILL, the OOM killer), not against power loss (``synchronous=NORMAL``).
+
+One writer at a time: an exclusive ``flock`` on ``<journal>.lock``, taken at open. The lock's fd is
+close-on-exec and is closed in forked workers, so a dead host's lock is released even while its
+orphaned workers are still exiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.models import TaskError, TaskResult, TaskStatus
+from workers import protocol
+
+APPLICATION_ID: Final = 0x4F524348  # "ORCH", in PRAGMA application_id
+SCHEMA_VERSION: Final = 1
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    config BLOB NOT NULL,
+    handler TEXT NOT NULL,
+    plan TEXT,
+    plan_refs TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result BLOB,
+    submitted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, seq);
+"""
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One task as the journal holds it."""
+
+    task_id: str
+    seq: int
+    spec: dict[str, Any]
+    config: bytes
+    handler: str
+    plan: str | None
+    plan_refs: dict[str, str] | None
+    status: str
+    attempts: int
+    result: bytes | None
+
+
+class Journal:
+    """A journal file opened for writing by this process (and no other)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        _refuse_foreign(self.path)
+        self._lock_fd = _take_lock(self.path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.Error as exc:
+            os.close(self._lock_fd)
+            raise OrchestratorError(f"cannot open the journal {self.path}: {exc}") from exc
+        # Submitters and the supervisor share the connection; this lock serialises their writes.
+        self._write = threading.Lock()
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+
+    @property
+    def lock_fd(self) -> int:
+        """The fd of the single-writer lock (forked workers close it)."""
+        return self._lock_fd
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None:
+        """Commit newly accepted tasks at once, in one transaction."""
+        with self._write:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO tasks (task_id, seq, spec, config, handler, plan, plan_refs, status, "
+                "submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                rows,
+            )
+            self._db.execute("COMMIT")
+
+    def note(self, sql: str, arguments: tuple[Any, ...]) -> None:
+        """Queue a state change for the next `flush` (the supervisor's group commit)."""
+        self._pending.append((sql, arguments))
+
+    def started(self, task_id: str, attempts: int) -> None:
+        """The task's handler started (its attempts so far)."""
+        self.note("UPDATE tasks SET status = 'running', attempts = ? WHERE task_id = ?", (attempts, task_id))
+
+    def requeued(self, task_id: str, attempts: int) -> None:
+        """The task waits again (a retry, or given back unstarted)."""
+        self.note("UPDATE tasks SET status = 'queued', attempts = ? WHERE task_id = ?", (attempts, task_id))
+
+    def finished(self, task_id: str, status: str, attempts: int, result: bytes) -> None:
+        """The task is final; ``result`` is its packed `TaskResult` fields."""
+        self.note(
+            "UPDATE tasks SET status = ?, attempts = ?, result = ? WHERE task_id = ?",
+            (status, attempts, result, task_id),
+        )
+
+    def flush(self) -> None:
+        """Commit every queued state change in one transaction."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        with self._write:
+            self._db.execute("BEGIN")
+            for sql, arguments in pending:
+                self._db.execute(sql, arguments)
+            self._db.execute("COMMIT")
+
+    def rows(self) -> list[JournalRow]:
+        """Every task, in submission order."""
+        with self._write:
+            found = self._db.execute(
+                "SELECT task_id, seq, spec, config, handler, plan, plan_refs, status, attempts, result "
+                "FROM tasks ORDER BY submitted_at, seq"
+            ).fetchall()
+        return [_row(r) for r in found]
+
+    def close(self) -> None:
+        """Commit what is pending and release the file and its lock; idempotent."""
+        if self._lock_fd < 0:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self.flush()
+            self._db.close()
+        os.close(self._lock_fd)
+        self._lock_fd = -1
+
+
+def _row(r: tuple[Any, ...]) -> JournalRow:
+    refs = json.loads(r[6]) if r[6] else None
+    return JournalRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], refs, r[7], r[8], r[9])
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse, before any write, a file that is not this journal (0 bytes counts as new)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    if not header.startswith(_SQLITE_MAGIC):
+        raise OrchestratorError(f"{path} is not an SQLite database, so not a journal; refusing to touch it")
+    probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        application_id = probe.execute("PRAGMA application_id").fetchone()[0]
+        if application_id != APPLICATION_ID:
+            raise OrchestratorError(
+                f"{path} is an SQLite database of something else (not a journal); refusing it"
+            )
+        version = probe.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.Error as exc:
+        raise OrchestratorError(f"{path} is not a readable journal: {exc}") from exc
+    finally:
+        probe.close()
+    if version is None or int(version[0]) > SCHEMA_VERSION:
+        raise OrchestratorError(
+            f"{path} has journal schema {version[0] if version else 'unknown'}; this version reads "
+            f"up to {SCHEMA_VERSION}: upgrade parallel-orchestrator"
+        )
+
+
+def _take_lock(path: Path) -> int:
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OrchestratorError(
+            f"the journal {path} is open in another orchestrator (here or in another process); "
+            "one journal has one writer"
+        ) from None
+    return fd
+
+
+def journal_result(result: TaskResult) -> bytes:
+    """A final result as the journal stores it (msgpack; timestamps as seconds)."""
+    return protocol.pack_payload(
+        {
+            "data": result.data,
+            "error": result.error.model_dump() if result.error else None,
+            "worker_pid": result.worker_pid,
+            "started_at": result.started_at.timestamp() if result.started_at else None,
+            "finished_at": result.finished_at.timestamp() if result.finished_at else None,
+            "duration_s": result.duration_s,
+        }
+    )
+
+
+def restore_result(task_id: str, status: TaskStatus, attempts: int, stored: bytes) -> TaskResult:
+    """The `TaskResult` the journal stored with `journal_result`."""
+    fields = protocol.unpack_payload(stored)
+    return TaskResult(
+        task_id=task_id,
+        status=status,
+        success=status is TaskStatus.COMPLETED,
+        data=fields["data"],
+        error=TaskError(**fields["error"]) if fields["error"] else None,
+        attempts=attempts,
+        worker_pid=fields["worker_pid"],
+        started_at=_utc(fields["started_at"]),
+        finished_at=_utc(fields["finished_at"]),
+        duration_s=fields["duration_s"],
+    )
+
+
+def _utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)

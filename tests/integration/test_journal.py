@@ -1,0 +1,114 @@
+"""The SQLite journal: accepted tasks survive a SIGKILL of the host; one writer; foreign files refused."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from orchestrator import OrchestratorError, ParallelOrchestrator, TaskStatus
+from tests.conftest import DEADLOCK_TIMEOUT
+from tests.helpers.tasks import HANDLERS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HOST = """
+import sys, time
+sys.path.insert(0, {root!r})
+from orchestrator import ParallelOrchestrator
+from tests.helpers.tasks import HANDLERS
+
+if __name__ == "__main__":
+    orch = ParallelOrchestrator(max_workers=2, task_queue_size=500, handlers=HANDLERS, journal_path={journal!r},
+                                control_socket=False)
+    done = orch.submit_task({{"type": "echo", "config": {{"before": True}}}})
+    print("done", orch.wait(done, 30).task_id, flush=True)
+    started = []
+    orch.on("task_started", lambda event: started.append(event.task_id))
+    hung = [orch.submit_task({{"type": "logged", "config": {{"log": {log!r}, "hang": True}}}}) for _ in range(2)]
+    while len([t for t in started if t in hung]) < 2:
+        time.sleep(0.01)
+    queued = [orch.submit_task({{"type": "logged", "config": {{"log": {log!r}}}}}) for _ in range(200)]
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_host_loses_nothing(make_orch, tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.db")
+    log = tmp_path / "runs.log"
+    script = tmp_path / "host.py"
+    script.write_text(textwrap.dedent(HOST.format(root=str(ROOT), journal=journal, log=str(log))))
+    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        done_id = host.stdout.readline().split()[1]
+        assert host.stdout.readline().strip() == "ready"
+    finally:
+        host.kill()
+        host.wait()
+        host.stdout.close()
+    orch = make_orch(max_workers=2, task_queue_size=10, journal_path=journal, handlers=HANDLERS)
+    recovered = orch.recovered_tasks()
+    assert len(recovered) == 202
+    results = [orch.wait(task_id, DEADLOCK_TIMEOUT) for task_id in recovered]
+    assert all(r.success for r in results), [r.error for r in results if not r.success][:3]
+    assert sorted(r.attempts for r in results) == [1] * 200 + [2, 2]
+    runs = Counter(line.split()[0] for line in log.read_text().splitlines())
+    assert sorted(runs.values()) == [1] * 200 + [2, 2], "none ran twice but the two interrupted ones"
+    before = orch.get_result(done_id)
+    assert before.success
+    assert before.data["config"] == {"before": True}
+
+
+def test_one_writer_per_journal(make_orch, tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.db")
+    make_orch(journal_path=journal)
+    with pytest.raises(OrchestratorError, match="one writer"):
+        ParallelOrchestrator(journal_path=journal).initialize()
+    probe = f"from orchestrator import ParallelOrchestrator as P; P(journal_path={journal!r}).initialize()"
+    other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert other.returncode != 0
+    assert "one writer" in other.stderr
+
+
+def test_results_and_ids_survive_a_clean_restart(make_orch, tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.db")
+    first = make_orch(journal_path=journal, handlers=HANDLERS)
+    task_id = first.submit_task({"type": "echo", "config": {"blob": b"\x00\x01"}})
+    assert first.wait(task_id, DEADLOCK_TIMEOUT).success
+    cancelled = first.submit_task({"type": "sleep", "config": {"seconds": 60}})
+    first.shutdown(cancel_pending=True, timeout=0)
+    second = make_orch(journal_path=journal, handlers=HANDLERS)
+    assert second.recovered_tasks() == []
+    assert second.get_result(task_id).data["config"] == {"blob": b"\x00\x01"}
+    assert second.get_task_status(cancelled) is TaskStatus.CANCELLED
+    fresh = second.submit_task({"type": "echo"})
+    assert fresh not in (task_id, cancelled)
+
+
+@pytest.mark.parametrize("kind", ["text", "other-sqlite"])
+def test_a_foreign_file_is_refused_untouched(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "not-a-journal.db"
+    if kind == "text":
+        path.write_text("hello, I am not a database\n")
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE notes (x)")
+    before = path.read_bytes()
+    with pytest.raises(OrchestratorError, match="not a journal|not an SQLite"):
+        ParallelOrchestrator(journal_path=str(path), control_socket=False).initialize()
+    assert path.read_bytes() == before
+    assert not os.path.exists(f"{path}-wal")
+
+
+def test_an_empty_file_is_a_new_journal(make_orch, tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    orch = make_orch(journal_path=str(path), handlers=HANDLERS)
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
