@@ -101,7 +101,7 @@ def test_a_foreign_file_is_refused_untouched(tmp_path: Path, kind: str) -> None:
         with sqlite3.connect(path) as db:
             db.execute("CREATE TABLE notes (x)")
     before = path.read_bytes()
-    with pytest.raises(OrchestratorError, match="not a journal|not an SQLite"):
+    with pytest.raises(OrchestratorError, match=r"not a journal|not an SQLite"):
         ParallelOrchestrator(journal_path=str(path), control_socket=False).initialize()
     assert path.read_bytes() == before
     assert not os.path.exists(f"{path}-wal")
