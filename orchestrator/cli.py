@@ -71,8 +71,12 @@ def _ask(endpoint: Endpoint, op: str, **arguments: Any) -> Any:
 @_NAME
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--watch", is_flag=True, help="redraw live until Ctrl-C")
-def status(name: str | None, as_json: bool, watch: bool) -> None:
+@click.option("--journal", "journal_path", default=None, help="show a journal's task counts (read-only)")
+def status(name: str | None, as_json: bool, watch: bool, journal_path: str | None) -> None:
     """Show every running orchestrator: workers, queue, tasks, memory, throughput."""
+    if journal_path is not None:
+        _journal_status(journal_path, as_json)
+        return
     if watch:
         _watch_status(name)
         return
@@ -83,6 +87,21 @@ def status(name: str | None, as_json: bool, watch: bool) -> None:
     from orchestrator._status_text import render_text
 
     click.echo(render_text(snapshots))
+
+
+def _journal_status(path: str, as_json: bool) -> None:
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.journal import journal_counts
+
+    try:
+        counts = journal_counts(path)
+    except OrchestratorError as exc:
+        raise NothingRunning(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    by_status = "  ".join(f"{status} {count}" for status, count in counts["counts"].items())
+    click.echo(f"{counts['journal']}: {counts['total']} tasks   {by_status}")
 
 
 def _snapshots(name: str | None) -> list[dict[str, Any]]:

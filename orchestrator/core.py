@@ -134,13 +134,20 @@ class ParallelOrchestrator:
             _live.add(self)
         logger.info("orchestrator %r started (max_workers=%d)", self.config.name, self.config.max_workers)
 
-    def shutdown(self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None) -> None:
+    def shutdown(
+        self,
+        wait: bool = True,
+        cancel_pending: bool = False,
+        timeout: float | None = None,
+        keep_queued: bool = False,
+    ) -> None:
         """Stop taking tasks and stop the workers once their work is done; idempotent.
 
         Queued tasks still run unless ``cancel_pending``. With ``wait`` the call returns once
         every task is final and every worker process is gone; after ``timeout`` seconds the
         tasks still open are cancelled and their workers killed. Without ``wait`` it returns at
-        once and the same shutdown goes on in the background.
+        once and the same shutdown goes on in the background. With a journal, ``keep_queued``
+        stops at once and leaves queued and running tasks in the journal for the next process.
         """
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0, not {timeout!r}")
@@ -154,7 +161,7 @@ class ParallelOrchestrator:
         assert supervisor is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         with contextlib.suppress(OrchestratorClosedError):  # an earlier shutdown already finished
-            supervisor.post(lambda: supervisor.begin_shutdown(cancel_pending, deadline))
+            supervisor.post(lambda: supervisor.begin_shutdown(cancel_pending, deadline, keep_queued))
         if wait:
             self._finish_shutdown()
         else:
@@ -362,6 +369,7 @@ class ParallelOrchestrator:
         record = TaskRecord(row.task_id, row.seq, spec, handler, packed, blocks)
         record.attempts, record.plan, record.plan_refs = row.attempts, row.plan, row.plan_refs
         record.holds_slot = False  # recovered tasks are admitted whatever task_queue_size is
+        record.recovered = True
         if row.result is not None:
             _set_final(record, restore_result(row.task_id, TaskStatus(row.status), row.attempts, row.result))
         elif not handler:

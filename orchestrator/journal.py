@@ -232,3 +232,21 @@ def restore_result(task_id: str, status: TaskStatus, attempts: int, stored: byte
 
 def _utc(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+def journal_counts(path: str) -> dict[str, Any]:
+    """Task counts by status, read-only (also while an orchestrator holds the journal)."""
+    journal = Path(path)
+    if not journal.exists():
+        raise OrchestratorError(f"no journal at {journal}")
+    _refuse_foreign(journal)
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+    except sqlite3.Error as exc:
+        raise OrchestratorError(f"cannot read the journal {journal}: {exc}") from exc
+    finally:
+        db.close()
+    counts = {status.value: 0 for status in TaskStatus}
+    counts.update(dict(rows))
+    return {"journal": str(journal), "total": sum(counts.values()), "counts": counts}

@@ -142,6 +142,7 @@ class TaskQueuedEvent(Event):
     task_id: str
     type: str
     priority: int
+    recovered: bool = False
 
 
 class TaskStartedEvent(Event):

@@ -124,6 +124,7 @@ class TaskRecord:
     plan_refs: dict[str, str] | None = None
     revoking: bool = False
     interrupted: int = 0
+    recovered: bool = False
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
 
 
@@ -300,6 +301,7 @@ class Supervisor:
                 task_id=record.task_id,
                 type=record.spec.type,
                 priority=record.spec.priority,
+                recovered=record.recovered,
             )
             self._bus.post(record.task_id, call_each, listeners, event, "task_queued")
 
@@ -1080,9 +1082,19 @@ class Supervisor:
 
     # ----------------------------------------------------------------- shutdown
 
-    def begin_shutdown(self, cancel_pending: bool, deadline: float | None) -> None:
-        """Take no new work; cancel the queue if asked; at ``deadline``, cancel and kill the rest."""
+    def begin_shutdown(self, cancel_pending: bool, deadline: float | None, keep_queued: bool = False) -> None:
+        """Take no new work; cancel the queue if asked; at ``deadline``, cancel and kill the rest.
+
+        ``keep_queued`` (with a journal): stop now, and leave every open task in the journal, as it
+        stands, for the next process (the upgrade case).
+        """
         self._closing = True
+        if keep_queued and self._journal is not None:
+            self._journal.flush()
+            self._journal = None  # what happens to open tasks from here on is not journaled
+            self._on_shutdown_deadline()
+            self._retire_unneeded_workers()
+            return
         if cancel_pending:
             self._cancel_all(TaskStatus.QUEUED, "cancelled by shutdown(cancel_pending=True)")
         if deadline is not None:

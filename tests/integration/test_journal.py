@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -112,3 +113,33 @@ def test_an_empty_file_is_a_new_journal(make_orch, tmp_path: Path) -> None:
     path.touch()
     orch = make_orch(journal_path=str(path), handlers=HANDLERS)
     assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+
+
+def test_keep_queued_leaves_open_tasks_for_the_next_process(make_orch, tmp_path: Path, recorder) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    journal = str(tmp_path / "journal.db")
+    log = str(tmp_path / "runs.log")
+    first = make_orch(max_workers=1, journal_path=journal, handlers=HANDLERS)
+    first.on("task_started", recorder)
+    running = first.submit_task({"type": "logged", "config": {"log": log, "hang": True}})
+    recorder.wait_for(lambda events: len(events) == 1)
+    waiting = first.submit_task({"type": "echo", "depends_on": [running], "group": "g"})
+    first.shutdown(wait=True, keep_queued=True)
+    shown = CliRunner().invoke(main, ["status", "--journal", journal, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["counts"]["running"] == 1
+    queued_events = []
+    second = ParallelOrchestrator(journal_path=journal, handlers=HANDLERS, control_socket=False)
+    second.on("task_queued", queued_events.append)
+    second.initialize()
+    try:
+        assert second.recovered_tasks() == [running, waiting]
+        assert second.wait(waiting, DEADLOCK_TIMEOUT).data["config"] == {}
+        assert second.get_result(running).attempts == 2
+        assert second.get_group("g").task_ids == [waiting]
+    finally:
+        second.shutdown()
+    assert all(event.recovered for event in queued_events)
