@@ -62,6 +62,12 @@ class OrchestratorConfig(BaseModel):
     enable_logging: bool = False
     control_socket: bool = Field(True, description="serve a control socket for the orch CLI")
     journal_path: str | None = Field(None, description="SQLite journal: tasks survive a host crash")
+    max_results_in_memory: int = Field(
+        10_000, ge=1, strict=True, description="newest final results kept in memory"
+    )
+    result_ttl: float | None = Field(
+        None, gt=0, description="seconds after which a final result is dropped (memory and journal)"
+    )
     name: str = "default"
 
     @field_validator("handlers")

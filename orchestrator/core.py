@@ -78,6 +78,7 @@ class ParallelOrchestrator:
         self._instance = secrets.token_hex(4)
         self._seq = itertools.count(1)
         self._plan_seq = itertools.count(1)
+        self._issued = 0
         self._queue_slots = QueueSlots(self.config.task_queue_size)
         threshold = self.config.shm_threshold
         self._block_namespace = f"{os.getpid()}{self._instance}"
@@ -302,10 +303,7 @@ class ParallelOrchestrator:
 
     def _check_dependencies(self, task: TaskSpec) -> None:
         for dep_id in task.depends_on:
-            if dep_id not in self._tasks:
-                raise TaskNotFoundError(
-                    f"depends_on names {dep_id!r}, which is not a task of this orchestrator"
-                )
+            self._record(dep_id)  # unknown or evicted: TaskNotFoundError saying which
         group = task.depends_on_group
         if group is not None:
             supervisor = self._running_supervisor()
@@ -314,6 +312,7 @@ class ParallelOrchestrator:
 
     def _new_record(self, spec: TaskSpec, handler: str) -> TaskRecord:
         seq = next(self._seq)
+        self._issued = max(self._issued, seq)
         blocks: list[str] = []
         packed = protocol.pack_payload(spec.config, self._blocks, blocks)
         return TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, packed, blocks)
@@ -664,12 +663,24 @@ class ParallelOrchestrator:
         return self._supervisor
 
     def _record(self, task_id: str) -> TaskRecord:
-        try:
-            return self._tasks[task_id]
-        except (KeyError, TypeError):
+        record = self._tasks.get(task_id) if isinstance(task_id, str) else None
+        if record is not None:
+            return record
+        if self._journal is not None and isinstance(task_id, str):
+            row = self._journal.row(task_id)
+            if row is not None and row.result is not None:
+                return self._restore(row)  # evicted from memory, still in the journal
+        if isinstance(task_id, str) and self._was_ours(task_id):
             raise TaskNotFoundError(
-                f"no task with id {task_id!r} in orchestrator {self.config.name!r}"
-            ) from None
+                f"task {task_id!r} was evicted from memory (max_results_in_memory="
+                f"{self.config.max_results_in_memory}); set journal_path to keep old results readable"
+            )
+        raise TaskNotFoundError(f"no task with id {task_id!r} in orchestrator {self.config.name!r}")
+
+    def _was_ours(self, task_id: str) -> bool:
+        """An id this instance issued (its sequence number says so without storing it)."""
+        instance, _, seq = task_id.rpartition("-")
+        return instance == self._instance and seq.isdigit() and int(seq) <= self._issued
 
     def _shutdown_at_exit(self) -> None:
         if self._state == "running":

@@ -45,9 +45,11 @@ class TaskGraph:
         dep_ids = list(spec.depends_on)
         if spec.depends_on_group is not None:
             dep_ids += self.groups[spec.depends_on_group].members
-        record.dep_ids = list(dict.fromkeys(dep_ids))
+        # A member evicted from memory (max_results_in_memory) has no result left to give.
+        record.dep_ids = [dep_id for dep_id in dict.fromkeys(dep_ids) if dep_id in tasks]
         for dep_id in record.dep_ids:
             dependency = tasks[dep_id]
+            dependency.needed_by += 1
             if dependency.result is None:
                 record.waiting.add(dep_id)
             elif not dependency.result.success and spec.on_dependency_failure == "fail":

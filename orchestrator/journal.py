@@ -123,6 +123,20 @@ class Journal:
             (status, attempts, result, task_id),
         )
 
+    def forget(self, task_id: str) -> None:
+        """Drop a final task whose result outlived ``result_ttl``."""
+        self.note("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+
+    def row(self, task_id: str) -> JournalRow | None:
+        """One task by id, or None."""
+        with self._write:
+            found = self._db.execute(
+                "SELECT task_id, seq, spec, config, handler, plan, plan_refs, status, attempts, result "
+                "FROM tasks WHERE task_id = ?",
+                (task_id,),
+            ).fetchone()
+        return _row(found) if found else None
+
     def flush(self) -> None:
         """Commit every queued state change in one transaction."""
         if not self._pending:

@@ -125,6 +125,7 @@ class TaskRecord:
     revoking: bool = False
     interrupted: int = 0
     recovered: bool = False
+    needed_by: int = 0
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
 
 
@@ -161,6 +162,8 @@ class Supervisor:
         self._running_by_type: dict[str, int] = {}
         self._graph = TaskGraph()
         self._recent_finishes: deque[float] = deque(maxlen=THROUGHPUT_SAMPLES)
+        self._finished_order: deque[tuple[float, str]] = deque()
+        self._ttl_timer: Timer | None = None
         self._to_release: deque[TaskRecord] = deque()
         self._releasing = False
         # Adaptive concurrency: types throttled after a rate limit, and their successes since.
@@ -749,6 +752,11 @@ class Supervisor:
         if status is TaskStatus.COMPLETED and record.spec.type in self._type_limits:
             self._recover(record.spec.type)
         self._release_dependants(record)
+        for dep_id in record.dep_ids:
+            dependency = self._tasks.get(dep_id)
+            if dependency is not None:
+                dependency.needed_by -= 1
+        self._retain(record)
         self._announce_final(record, result)
 
     def _announce_final(self, record: TaskRecord, result: TaskResult) -> None:
@@ -757,6 +765,41 @@ class Supervisor:
         callback = record.on_complete if result.success else record.on_error
         if listeners or callback is not None:
             self._bus.post(record.task_id, _deliver_final, callback, listeners, name, result)
+
+    def _retain(self, record: TaskRecord) -> None:
+        """Keep the newest final results in memory; older ones go (a journal still has them)."""
+        self._finished_order.append((time.monotonic(), record.task_id))
+        self._evict()
+        ttl = self._config.result_ttl
+        if ttl is not None and self._ttl_timer is None:
+            self._ttl_timer = self._timers.schedule(time.monotonic() + ttl, self._on_ttl_sweep)
+
+    def _on_ttl_sweep(self) -> None:
+        self._ttl_timer = None
+        self._evict()
+        if self._finished_order and self._config.result_ttl is not None:
+            oldest = self._finished_order[0][0]
+            self._ttl_timer = self._timers.schedule(
+                oldest + self._config.result_ttl + 0.01, self._on_ttl_sweep
+            )
+
+    def _evict(self) -> None:
+        limit = self._config.max_results_in_memory
+        ttl = self._config.result_ttl
+        now = time.monotonic()
+        for _ in range(len(self._finished_order)):
+            finished_at, task_id = self._finished_order[0]
+            expired = ttl is not None and now - finished_at > ttl
+            if len(self._finished_order) <= limit and not expired:
+                break
+            self._finished_order.popleft()
+            kept = self._tasks.get(task_id)
+            if kept is not None and kept.needed_by > 0:
+                self._finished_order.append((finished_at, task_id))  # a dependant still needs it
+                break
+            self._tasks.pop(task_id, None)
+            if expired and self._journal is not None:
+                self._journal.forget(task_id)
 
     def _release_dependants(self, record: TaskRecord) -> None:
         """Ready or fail the tasks that waited for this one, iteratively (chains can be long)."""
@@ -812,7 +855,9 @@ class Supervisor:
 
     def collection_counts(self, collection: Collection) -> dict[str, int]:
         """How many of a group's or plan's tasks are in each status."""
-        return status_counts([self._tasks[task_id].status for task_id in collection.members])
+        counts = status_counts([self._tasks[t].status for t in collection.members if t in self._tasks])
+        counts["evicted"] = sum(1 for t in collection.members if t not in self._tasks)
+        return counts
 
     # ----------------------------------------------------------------- adaptive concurrency
 

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -143,3 +144,61 @@ def test_keep_queued_leaves_open_tasks_for_the_next_process(make_orch, tmp_path:
     finally:
         second.shutdown()
     assert all(event.recovered for event in queued_events)
+
+
+def test_eviction_keeps_memory_bounded(make_orch) -> None:
+    import gc
+
+    import psutil
+
+    from orchestrator import TaskNotFoundError
+
+    orch = make_orch(max_workers=2, max_results_in_memory=1000, task_queue_size=5000, handlers=HANDLERS)
+
+    def run(count: int) -> list[str]:
+        ids = []
+        for start in range(0, count, 2500):
+            batch = [orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(start, start + 2500)]
+            for task_id in batch:
+                orch.wait(task_id, DEADLOCK_TIMEOUT)
+            ids += batch
+        return ids
+
+    first = run(5000)
+    gc.collect()
+    rss_at_5000 = psutil.Process().memory_info().rss
+    run(15000)
+    gc.collect()
+    growth = psutil.Process().memory_info().rss - rss_at_5000
+    assert growth < 20 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB from task 5,000 to 20,000"
+    assert len(orch._tasks) <= 1000
+    with pytest.raises(TaskNotFoundError, match="evicted"):
+        orch.get_result(first[0])
+    assert orch.get_status().completed == 20000, "counters stay cumulative"
+
+
+def test_evicted_results_stay_readable_from_the_journal(make_orch, tmp_path: Path) -> None:
+    orch = make_orch(max_results_in_memory=2, journal_path=str(tmp_path / "j.db"), handlers=HANDLERS)
+    ids = [orch.submit_task({"type": "echo", "group": "g", "config": {"i": i}}) for i in range(6)]
+    for task_id in ids:
+        orch.wait(task_id, DEADLOCK_TIMEOUT)
+    assert orch.get_result(ids[0]).data["config"] == {"i": 0}
+    assert orch.get_group("g").counts["evicted"] == 4
+
+
+def test_result_ttl_drops_results_from_memory_and_journal(make_orch, tmp_path: Path) -> None:
+    from orchestrator import TaskNotFoundError
+
+    orch = make_orch(result_ttl=0.2, journal_path=str(tmp_path / "j.db"), handlers=HANDLERS)
+    old = orch.submit_task({"type": "echo"})
+    orch.wait(old, DEADLOCK_TIMEOUT)
+    deadline = time.monotonic() + DEADLOCK_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            orch.get_result(old)
+        except TaskNotFoundError as exc:
+            assert "evicted" in str(exc)
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the result outlived its ttl")
