@@ -158,7 +158,9 @@ def test_eviction_keeps_memory_bounded(make_orch) -> None:
     def run(count: int) -> list[str]:
         ids = []
         for start in range(0, count, 2500):
-            batch = [orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(start, start + 2500)]
+            batch = [
+                orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(start, start + 2500)
+            ]
             for task_id in batch:
                 orch.wait(task_id, DEADLOCK_TIMEOUT)
             ids += batch
