@@ -86,7 +86,9 @@ class Journal:
             raise OrchestratorError(f"cannot open the journal {self.path}: {exc}") from exc
         # Submitters and the supervisor share the connection; this lock serialises their writes.
         self._write = threading.Lock()
-        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        # The latest change of each task since the last flush: a task that started and ended in
+        # one wake-up costs one write.
+        self._pending: dict[str, tuple[str, tuple[Any, ...]]] = {}
 
     @property
     def lock_fd(self) -> int:
@@ -104,28 +106,35 @@ class Journal:
             )
             self._db.execute("COMMIT")
 
-    def note(self, sql: str, arguments: tuple[Any, ...]) -> None:
-        """Queue a state change for the next `flush` (the supervisor's group commit)."""
-        self._pending.append((sql, arguments))
+    def note(self, task_id: str, sql: str, arguments: tuple[Any, ...]) -> None:
+        """Queue a task's state change for the next `flush` (the supervisor's group commit)."""
+        self._pending[task_id] = (sql, arguments)
 
     def started(self, task_id: str, attempts: int) -> None:
         """The task's handler started (its attempts so far)."""
-        self.note("UPDATE tasks SET status = 'running', attempts = ? WHERE task_id = ?", (attempts, task_id))
+        self.note(
+            task_id,
+            "UPDATE tasks SET status = 'running', attempts = ? WHERE task_id = ?",
+            (attempts, task_id),
+        )
 
     def requeued(self, task_id: str, attempts: int) -> None:
         """The task waits again (a retry, or given back unstarted)."""
-        self.note("UPDATE tasks SET status = 'queued', attempts = ? WHERE task_id = ?", (attempts, task_id))
+        self.note(
+            task_id, "UPDATE tasks SET status = 'queued', attempts = ? WHERE task_id = ?", (attempts, task_id)
+        )
 
     def finished(self, task_id: str, status: str, attempts: int, result: bytes) -> None:
         """The task is final; ``result`` is its packed `TaskResult` fields."""
         self.note(
+            task_id,
             "UPDATE tasks SET status = ?, attempts = ?, result = ? WHERE task_id = ?",
             (status, attempts, result, task_id),
         )
 
     def forget(self, task_id: str) -> None:
         """Drop a final task whose result outlived ``result_ttl``."""
-        self.note("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+        self.note(task_id, "DELETE FROM tasks WHERE task_id = ?", (task_id,))
 
     def row(self, task_id: str) -> JournalRow | None:
         """One task by id, or None."""
@@ -141,10 +150,10 @@ class Journal:
         """Commit every queued state change in one transaction."""
         if not self._pending:
             return
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, {}
         with self._write:
             self._db.execute("BEGIN")
-            for sql, arguments in pending:
+            for sql, arguments in pending.values():
                 self._db.execute(sql, arguments)
             self._db.execute("COMMIT")
 

@@ -199,3 +199,34 @@ def test_result_ttl_drops_results_from_memory_and_journal(make_orch, tmp_path: P
         time.sleep(0.05)  # the ttl sweep runs on the supervisor's timer; nothing to wait on here
     with pytest.raises(TaskNotFoundError, match="evicted"):
         orch.get_result(old)
+
+
+BURST = """
+import sys
+sys.path.insert(0, {root!r})
+from orchestrator import ParallelOrchestrator
+from tests.helpers.tasks import HANDLERS
+
+if __name__ == "__main__":
+    orch = ParallelOrchestrator(max_workers=1, task_queue_size=100000, handlers=HANDLERS, journal_path={journal!r},
+                                control_socket=False)
+    while True:
+        print(orch.submit_task({{"type": "sleep", "config": {{"seconds": 0.05}}}}), flush=True)
+"""
+
+
+def test_every_returned_submit_survives_a_kill_mid_burst(make_orch, tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.db")
+    script = tmp_path / "burst.py"
+    script.write_text(textwrap.dedent(BURST.format(root=str(ROOT), journal=journal)))
+    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        returned = [host.stdout.readline().strip() for _ in range(300)]
+    finally:
+        host.kill()
+        host.wait()
+        host.stdout.close()
+    orch = make_orch(journal_path=journal, handlers=HANDLERS, max_workers=2)
+    known = set(orch.recovered_tasks())
+    assert all(task_id in known or orch.get_result(task_id) is not None for task_id in returned)
+    orch.shutdown(cancel_pending=True)
