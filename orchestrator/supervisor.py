@@ -194,10 +194,11 @@ class Supervisor:
             if self._exited:
                 raise OrchestratorClosedError("the orchestrator has shut down")
             self._commands.append(command)
-        if not self._wakeup_pending:
-            self._wakeup_pending = True
-            with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
-                os.write(self._wakeup_w, b"\0")
+            # Under the lock: the supervisor closes the pipe under it too, once it has exited.
+            if not self._wakeup_pending:
+                self._wakeup_pending = True
+                with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+                    os.write(self._wakeup_w, b"\0")
 
     def call(self, function: Callable[[], T]) -> T:
         """Run ``function`` on the supervisor thread and return its result (inline once it exited)."""
@@ -1188,8 +1189,9 @@ class Supervisor:
             self._journal.flush()
         unlink_by_prefix(block_prefix(self._pool.block_namespace)[:-2])
         self._selector.close()
-        os.close(self._wakeup_r)
-        os.close(self._wakeup_w)
+        with self._commands_lock:
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
         self._pool.close()
         self._bus.close(wait=False)
 
