@@ -97,8 +97,11 @@ def test_cancel_a_queued_task(make_orch, release: Release) -> None:
     cancelled = Recorder()
     orch.on("task_cancelled", cancelled)
     running = orch.submit_task({"type": "blocker", "config": release.config})
-    queued = orch.submit_task({"type": "blocker", "config": release.config})
+    errors = Recorder()
+    queued = orch.submit_task({"type": "blocker", "config": release.config}, on_error=errors)
     assert orch.cancel(queued) is True
+    errors.wait_for(lambda events: len(events) == 1)
+    assert errors.events[0].error.kind == "cancelled", "on_error hears of a cancellation"
     result = orch.get_result(queued)
     assert result.status is TaskStatus.CANCELLED
     assert result.error.kind == "cancelled"
