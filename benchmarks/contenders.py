@@ -8,6 +8,7 @@ handle and ``wait(handle)`` returning the task's value. Kinds: ``noop``, ``cpu``
 from __future__ import annotations
 
 import multiprocessing
+from abc import ABC, abstractmethod
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Self
 
@@ -17,7 +18,7 @@ PLAIN = {"noop": tasks.noop_plain, "cpu": tasks.cpu_plain, "echo": tasks.echo_pl
 HANDLERS = {"noop": "benchmarks.tasks:noop", "cpu": "benchmarks.tasks:cpu", "echo": "benchmarks.tasks:echo"}
 
 
-class Contender:
+class Contender(ABC):
     """Base: a pool of ``workers`` processes started with ``method``."""
 
     name = ""
@@ -36,14 +37,17 @@ class Contender:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the pool."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Finish queued work and stop the pool."""
 
+    @abstractmethod
     def submit(self, kind: str, arg: Any) -> Any:
-        raise NotImplementedError
+        """Submit one task; returns what `wait` takes."""
 
     def wait(self, handle: Any) -> Any:
         return handle.result()
