@@ -182,3 +182,11 @@ class Pebble(Contender):
 
 
 ALL: list[type[Contender]] = [Orchestrator, PPE, MPPool, Loky, Pebble]
+
+
+def import_all() -> None:
+    """Import every contender's library up front, so that no timing includes an import."""
+    import loky  # noqa: F401
+    import pebble  # noqa: F401
+
+    import orchestrator.core  # noqa: F401

@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.contenders import ALL, PPE, Contender
+from benchmarks.contenders import ALL, PPE, Contender, import_all
 
 MIB = 2**20
 Measure = Callable[[type[Contender], argparse.Namespace], dict[str, float]]
@@ -192,6 +192,7 @@ def main() -> None:
         f"{args.workers} workers, start method {args.start_method}, {args.repeat} runs each, "
         "peers in the same run"
     )
+    import_all()
     started = time.perf_counter()
     results = run(args)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
