@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.contenders import ALL, PPE, Contender, import_all
+from benchmarks.contenders import ALL, HANDLERS, PPE, Contender, Orchestrator, import_all
 
 MIB = 2**20
 Measure = Callable[[type[Contender], argparse.Namespace], dict[str, float]]
@@ -81,7 +81,23 @@ def cold_start(kind: type[Contender], args: argparse.Namespace) -> dict[str, flo
     pool.wait(pool.submit("noop", 0))
     elapsed = time.perf_counter() - started
     pool.stop()
-    return {"cold start ms": elapsed * 1000}
+    figures = {"cold start ms": elapsed * 1000}
+    if kind is Orchestrator:
+        figures["one more worker ms"] = _one_more_worker(args.workers)
+    return figures
+
+
+def _one_more_worker(workers: int) -> float:
+    """With forkserver: a task of a new type while there is room, so a worker is spawned for it."""
+    from orchestrator import ParallelOrchestrator
+
+    settings = {"max_workers": workers + 1, "start_method": "forkserver", "control_socket": False}
+    with ParallelOrchestrator(**settings, handlers=HANDLERS) as orch:
+        for task_id in [orch.submit_task({"type": "noop"}) for _ in range(workers)]:
+            orch.wait(task_id)
+        started = time.perf_counter()
+        orch.wait(orch.submit_task({"type": "echo", "config": {"x": 1}}))
+        return (time.perf_counter() - started) * 1000
 
 
 def payloads(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
