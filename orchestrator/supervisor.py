@@ -752,13 +752,14 @@ class Supervisor:
         record.watchers.clear()
         if status is TaskStatus.COMPLETED and record.spec.type in self._type_limits:
             self._recover(record.spec.type)
+        # Announced before its dependants hear of it, so that a cause's event comes before its effects'.
+        self._announce_final(record, result)
         self._release_dependants(record)
         for dep_id in record.dep_ids:
             dependency = self._tasks.get(dep_id)
             if dependency is not None:
                 dependency.needed_by -= 1
         self._retain(record)
-        self._announce_final(record, result)
 
     def _announce_final(self, record: TaskRecord, result: TaskResult) -> None:
         name = _FINAL_EVENT[result.status]
