@@ -122,14 +122,15 @@ class ParallelOrchestrator:
                     journal.close()
                 raise
             self._journal = journal
-            recovered = self._recover(journal) if journal is not None else []
+            recovered, final = self._recover(journal) if journal is not None else ([], [])
             self._supervisor = Supervisor(
                 self.config, self._tasks, self._queue_slots, self._bus, pool, self._blocks, journal
             )
             self._bus.start()
             self._supervisor.thread.start()
-            if recovered:
+            if recovered or final:
                 supervisor = self._supervisor
+                supervisor.post(lambda: supervisor.adopt_final(final))
                 supervisor.post(lambda: supervisor.accept(recovered))
             self._state = "running"
             _live.add(self)
@@ -344,9 +345,10 @@ class ParallelOrchestrator:
         (those that ended ``interrupted`` included), in submission order."""
         return list(self._recovered)
 
-    def _recover(self, journal: Journal) -> list[TaskRecord]:
-        """Rebuild every journaled task: final ones readable again, open ones to run again."""
-        to_run = []
+    def _recover(self, journal: Journal) -> tuple[list[TaskRecord], list[TaskRecord]]:
+        """Rebuild every journaled task: open ones to run again, final ones readable again."""
+        to_run: list[TaskRecord] = []
+        final: list[TaskRecord] = []
         highest = 0
         for row in journal.rows():
             highest = max(highest, row.seq)
@@ -354,11 +356,10 @@ class ParallelOrchestrator:
             self._tasks[record.task_id] = record
             if row.status in ("queued", "running"):
                 self._recovered.append(record.task_id)
-                if record.result is None:
-                    to_run.append(record)
+            (to_run if record.result is None else final).append(record)
         self._seq = itertools.count(highest + 1)
         journal.flush()
-        return to_run
+        return to_run, final
 
     def _restore(self, row: JournalRow) -> TaskRecord:
         spec = TaskSpec.model_validate({**row.spec, "config": protocol.unpack_payload(row.config)})

@@ -277,6 +277,16 @@ class Supervisor:
 
     # ----------------------------------------------------------------- accepting work
 
+    def adopt_final(self, records: list[TaskRecord]) -> None:
+        """Take in tasks recovered already final: back in their groups and plans, and in line for
+        eviction like any other result."""
+        now = time.monotonic()
+        for record in records:
+            self._graph.join(record)
+            self._graph.release(record)
+            self._finished_order.append((now, record.task_id))
+        self._evict()
+
     def accept(self, records: list[TaskRecord]) -> None:
         """Take newly submitted tasks, dependencies first (their queue slots are already held)."""
         for record in records:

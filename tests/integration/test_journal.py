@@ -124,6 +124,8 @@ def test_keep_queued_leaves_open_tasks_for_the_next_process(make_orch, tmp_path:
     journal = str(tmp_path / "journal.db")
     log = str(tmp_path / "runs.log")
     first = make_orch(max_workers=1, journal_path=journal, handlers=HANDLERS)
+    done = first.submit_task({"type": "echo", "group": "g"})
+    assert first.wait(done, DEADLOCK_TIMEOUT).success
     first.on("task_started", recorder)
     running = first.submit_task({"type": "logged", "config": {"log": log, "hang": True}})
     recorder.wait_for(lambda events: len(events) == 1)
@@ -140,7 +142,8 @@ def test_keep_queued_leaves_open_tasks_for_the_next_process(make_orch, tmp_path:
         assert second.recovered_tasks() == [running, waiting]
         assert second.wait(waiting, DEADLOCK_TIMEOUT).data["config"] == {}
         assert second.get_result(running).attempts == 2
-        assert second.get_group("g").task_ids == [waiting]
+        assert second.get_group("g").task_ids == [done, waiting]
+        assert second.get_group("g").counts["completed"] == 2
     finally:
         second.shutdown()
     assert all(event.recovered for event in queued_events)
