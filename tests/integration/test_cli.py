@@ -285,3 +285,12 @@ def test_socket_served_on_its_own_threads(make_orch, runtime: Path) -> None:
     make_orch(name="svc")
     names = {t.name for t in threading.enumerate()}
     assert "orch-control" in names
+
+
+def test_submit_follow_shows_progress_and_partials(make_orch, runtime: Path) -> None:
+    make_orch(name="svc", handlers=HANDLERS)
+    result = CliRunner().invoke(main, ["submit", "partials", "--config", '{"n": 3}', "--follow"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert json.loads(lines[-1])["data"] == 3
+    assert "partial 2: {'i': 2}" in result.stderr
