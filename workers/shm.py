@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import os
 import sys
-from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import Any, Final
 
@@ -182,6 +181,3 @@ def unlink_by_prefix(prefix: str, directory: str = "/dev/shm") -> int:
                 unlink_block(name)
                 removed += 1
     return removed
-
-
-Unpacker = Callable[[bytes], Any]
