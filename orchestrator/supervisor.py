@@ -78,6 +78,8 @@ THROUGHPUT_SAMPLES: Final = 200_000
 # Partial results kept per task for `stream` (the oldest are dropped first).
 MAX_PARTIALS_KEPT: Final = 1000
 # The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception).
+# How soon the supervisor tries again to commit the journal when a submitter held it.
+_JOURNAL_RETRY: Final = 0.002
 RETRYABLE: Final = frozenset({"worker_crashed", "timeout", "memory_limit", "rate_limit"})
 
 _FINAL_EVENT: Final = {
@@ -224,13 +226,16 @@ class Supervisor:
     def _run(self) -> None:
         try:
             self._replenish_workers()
+            unflushed = False
             while not self._finished():
                 self._dispatch_ready_tasks()
                 timeout = self._timers.time_to_next(time.monotonic())
+                if unflushed:
+                    timeout = _JOURNAL_RETRY if timeout is None else min(timeout, _JOURNAL_RETRY)
                 self._handle_ready(self._selector.select(timeout))
                 self._fire_due_timers()
                 if self._journal is not None:
-                    self._journal.flush()
+                    unflushed = self._journal.flush(wait=False)
         except BaseException:
             logger.critical("supervisor failed; killing workers and failing open tasks", exc_info=True)
             raise

@@ -109,6 +109,48 @@ def test_a_foreign_file_is_refused_untouched(tmp_path: Path, kind: str) -> None:
     assert not os.path.exists(f"{path}-wal")
 
 
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE tasks (task_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, spec TEXT NOT NULL, config BLOB NOT NULL,
+    handler TEXT NOT NULL, plan TEXT, plan_refs TEXT, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    result BLOB, submitted_at REAL NOT NULL);
+CREATE INDEX tasks_by_status ON tasks (status, seq);
+"""
+
+
+def test_a_version_1_journal_is_migrated_and_its_tasks_run(make_orch, tmp_path: Path) -> None:
+    from orchestrator.journal import APPLICATION_ID
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.executescript(_SCHEMA_1)
+        spec = json.dumps({"type": "echo", "priority": 5})
+        db.execute(
+            "INSERT INTO tasks (task_id, seq, spec, config, handler, status, submitted_at) "
+            "VALUES ('old-7', 7, ?, x'80', 'tests.helpers.tasks:echo', 'queued', 1.0)",
+            (spec,),
+        )
+    orch = make_orch(journal_path=str(path), handlers=HANDLERS)
+    assert orch.recovered_tasks() == ["old-7"]
+    assert orch.wait("old-7", DEADLOCK_TIMEOUT).success
+    assert int(orch.submit_task({"type": "echo"}).rpartition("-")[2]) > 7
+
+
+def test_a_journal_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    from orchestrator.journal import APPLICATION_ID
+
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema_version', '99');"
+        )
+    with pytest.raises(OrchestratorError, match="schema 99"):
+        ParallelOrchestrator(journal_path=str(path), control_socket=False).initialize()
+
+
 def test_an_empty_file_is_a_new_journal(make_orch, tmp_path: Path) -> None:
     path = tmp_path / "empty.db"
     path.touch()
