@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         OrchestratorClosedError,
         OrchestratorError,
         QueueFullError,
+        ScheduleError,
         TaskNotFoundError,
         UnknownTaskTypeError,
     )
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
         GroupStatus,
         OrchestratorStatus,
         Progress,
+        ScheduleFiredEvent,
+        ScheduleInfo,
+        ScheduleMissedEvent,
         TaskError,
         TaskFinishedEvent,
         TaskPartialEvent,
@@ -72,6 +76,10 @@ _EXPORTS: dict[str, str] = {
     "PlanHandle": "orchestrator.core",
     "GroupStatus": "orchestrator.models",
     "CollectionCompletedEvent": "orchestrator.models",
+    "ScheduleError": "orchestrator.errors",
+    "ScheduleInfo": "orchestrator.models",
+    "ScheduleFiredEvent": "orchestrator.models",
+    "ScheduleMissedEvent": "orchestrator.models",
 }
 
 __all__ = [
@@ -90,6 +98,10 @@ __all__ = [
     "PlanHandle",
     "Progress",
     "QueueFullError",
+    "ScheduleError",
+    "ScheduleFiredEvent",
+    "ScheduleInfo",
+    "ScheduleMissedEvent",
     "TaskError",
     "TaskFinishedEvent",
     "TaskNotFoundError",

@@ -17,7 +17,8 @@ import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Final, Literal, Self, cast, final
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal, Self, TypeVar, cast, final
 
 import psutil
 from pydantic import ValidationError
@@ -31,6 +32,7 @@ from orchestrator.errors import (
     OrchestratorClosedError,
     OrchestratorError,
     QueueFullError,
+    ScheduleError,
     TaskNotFoundError,
     UnknownTaskTypeError,
 )
@@ -42,6 +44,7 @@ from orchestrator.models import (
     GroupStatus,
     OrchestratorStatus,
     Progress,
+    ScheduleInfo,
     TaskError,
     TaskResult,
     TaskStatus,
@@ -50,6 +53,7 @@ from orchestrator.models import (
 from orchestrator.plans import PlanError, references, validate_plan
 from orchestrator.pool import WorkerPool
 from orchestrator.scheduler import QueueSlots
+from orchestrator.schedules import Schedule, ScheduleRunner, aware_timestamp, delayed_until, interval_seconds
 from orchestrator.supervisor import Supervisor, TaskRecord
 from workers import protocol
 from workers.shm import BlockWriter, block_prefix
@@ -57,6 +61,7 @@ from workers.shm import BlockWriter, block_prefix
 logger = logging.getLogger("orchestrator")
 
 _State = Literal["created", "running", "closing", "closed"]
+T = TypeVar("T")
 
 # Orchestrators still running at interpreter exit are shut down first (see _shutdown_at_exit).
 _live: Final[weakref.WeakSet[ParallelOrchestrator]] = weakref.WeakSet()
@@ -124,8 +129,17 @@ class ParallelOrchestrator:
             self._journal = journal
             recovered, final = self._recover(journal) if journal is not None else ([], [])
             self._supervisor = Supervisor(
-                self.config, self._tasks, self._queue_slots, self._bus, pool, self._blocks, journal
+                self.config,
+                self._tasks,
+                self._queue_slots,
+                self._bus,
+                pool,
+                self._blocks,
+                journal,
+                self._admit_scheduled,
             )
+            if journal is not None:
+                self._supervisor.schedules.restore(self._recover_schedules(journal))
             self._bus.start()
             self._supervisor.thread.start()
             if recovered or final:
@@ -217,17 +231,25 @@ class ParallelOrchestrator:
         self,
         spec: TaskSpec | dict[str, Any],
         *,
+        run_at: datetime | None = None,
+        delay: float | None = None,
         on_progress: Callable[[Progress], object] | None = None,
         on_complete: Callable[[TaskResult], object] | None = None,
         on_error: Callable[[TaskResult], object] | None = None,
     ) -> str:
         """Queue a task and return its id at once (it never waits for a worker).
 
+        ``run_at`` (a timezone-aware datetime, on the wall clock) or ``delay`` (seconds, on the
+        monotonic clock) keeps the task ``queued``, without a worker, until then; it counts as
+        queued from now and can be cancelled meanwhile. Once due it competes by priority, then by
+        due time. A ``run_at`` in the past runs at once.
+
         ``on_progress`` receives each `Progress`; ``on_complete`` the `TaskResult` of a success;
         ``on_error`` the `TaskResult` of an error or a cancellation. Callbacks run on the event
         thread, never on the caller's or the supervisor's.
 
         Raises:
+            ScheduleError: both ``run_at`` and ``delay``, a negative delay, or a naive datetime.
             InvalidTaskError: the spec does not validate (the message names the field).
             UnknownTaskTypeError: no handler is registered for the spec's type.
             QueueFullError: ``task_queue_size`` tasks are already queued; nothing was queued.
@@ -235,6 +257,8 @@ class ParallelOrchestrator:
         """
         if self._state != "running":
             self._ensure_running()
+        if run_at is not None or delay is not None:
+            delayed_until(run_at, delay, time.time())
         task = _validate_spec(spec)
         handler = self._handler_for(task.type)
         for name, callback in (
@@ -246,6 +270,11 @@ class ParallelOrchestrator:
                 raise TypeError(f"{name} must be callable, not {type(callback).__name__}")
         self._check_dependencies(task)
         record = self._new_record(task, handler)
+        if delay is not None:
+            record.due += delay
+        elif run_at is not None:
+            record.run_at = run_at.timestamp()
+            record.due += record.run_at - time.time()
         record.on_progress, record.on_complete, record.on_error = on_progress, on_complete, on_error
         self._enqueue([record])
         return record.task_id
@@ -316,10 +345,22 @@ class ParallelOrchestrator:
         self._issued = max(self._issued, seq)
         blocks: list[str] = []
         packed = protocol.pack_payload(spec.config, self._blocks, blocks)
-        return TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, packed, blocks)
+        record = TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, packed, blocks)
+        record.due = time.monotonic()
+        return record
 
     def _enqueue(self, records: list[TaskRecord]) -> None:
         """Queue records together, or none of them (queue full, or shut down meanwhile)."""
+        supervisor = self._running_supervisor()
+        self._admit(records)
+        try:
+            supervisor.post(lambda: supervisor.accept(records))
+        except OrchestratorClosedError:
+            self._unadmit(records)
+            raise
+
+    def _admit(self, records: list[TaskRecord]) -> None:
+        """Take queue slots for the records, track them and journal them; all or none."""
         if not self._queue_slots.take(len(records)):
             raise QueueFullError(
                 f"the queue is full: {self.config.task_queue_size} tasks may wait to run and "
@@ -327,18 +368,108 @@ class ParallelOrchestrator:
             )
         for record in records:
             self._tasks[record.task_id] = record
-        supervisor = self._running_supervisor()
-        try:
-            if self._journal is not None:
+        if self._journal is not None:
+            try:
                 self._journal.add([_journal_row(record) for record in records])
-            supervisor.post(lambda: supervisor.accept(records))
-        except (OrchestratorClosedError, sqlite3.Error) as exc:
-            for record in records:
-                del self._tasks[record.task_id]
-            self._queue_slots.give(len(records))
-            if isinstance(exc, sqlite3.Error):
+            except sqlite3.Error as exc:
+                self._unadmit(records)
                 raise OrchestratorError(f"the journal could not record the task: {exc}") from exc
-            raise
+
+    def _unadmit(self, records: list[TaskRecord]) -> None:
+        for record in records:
+            del self._tasks[record.task_id]
+        self._queue_slots.give(len(records))
+
+    def _admit_scheduled(self, spec: TaskSpec, delay: float) -> TaskRecord:
+        """A schedule's firing, on the supervisor's thread: admitted here, accepted by the caller."""
+        record = self._new_record(spec, self._handler_for(spec.type))
+        record.due += delay
+        self._admit([record])
+        return record
+
+    # ----------------------------------------------------------------- schedules
+
+    def schedule(
+        self,
+        spec: TaskSpec | dict[str, Any],
+        *,
+        name: str,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+        max_runs: int | None = None,
+        jitter: float = 0.0,
+        overlap: Literal["skip", "queue", "replace"] = "skip",
+        catch_up: Literal["once", "none"] = "once",
+    ) -> str:
+        """Submit ``spec`` again and again: ``every`` so many seconds, or on a ``cron`` schedule.
+
+        Each firing submits an ordinary task (its own id, result, events and timeout) and emits
+        ``schedule_fired``. ``every`` counts on the monotonic clock and first fires at
+        ``start_at``, else one interval from now; ``cron`` (five fields, or @hourly, @daily,
+        @weekly, @monthly) follows the wall clock in time zone ``tz``. ``jitter`` delays each
+        firing's task by a uniform [0, jitter] seconds. ``overlap`` decides what a firing does
+        while the previous run is not final: ``skip`` it (``schedule_missed``, reason
+        ``overlap``), ``queue`` it anyway, or ``replace`` the previous run (cancelled softly).
+        A firing late by more than one slot fires once and the next follows one slot later.
+        The schedule ends after ``max_runs`` firings or past ``end_at``. With a journal it
+        survives a restart and, unless ``catch_up="none"``, fires once for the slots it missed.
+
+        Raises:
+            ScheduleError: a bad name, interval, cron expression, time zone or option.
+            OrchestratorError: a schedule of that name exists already.
+            InvalidTaskError, UnknownTaskTypeError: as for `submit_task`.
+        """
+        self._ensure_running()
+        task = _validate_spec(spec)
+        self._handler_for(task.type)
+        if task.depends_on or task.depends_on_group:
+            raise ScheduleError("a scheduled task cannot have depends_on or depends_on_group")
+        schedule = Schedule(
+            name,
+            task,
+            None if every is None else interval_seconds(every),
+            cron,
+            tz,
+            None if start_at is None else aware_timestamp(start_at, "start_at"),
+            None if end_at is None else aware_timestamp(end_at, "end_at"),
+            max_runs,
+            jitter,
+            overlap,
+            catch_up,
+        )
+        self._on_schedules(lambda runner: runner.add(schedule))
+        return name
+
+    def unschedule(self, name: str) -> None:
+        """Stop the schedule before returning; tasks it already fired go on."""
+        self._on_schedules(lambda runner: runner.remove(name))
+
+    def pause_schedule(self, name: str) -> None:
+        """Stop firing ``name`` until `resume_schedule`."""
+        self._on_schedules(lambda runner: runner.pause(name))
+
+    def resume_schedule(self, name: str) -> None:
+        """Fire ``name`` again from its next slot; slots missed while paused are not fired."""
+        self._on_schedules(lambda runner: runner.resume(name))
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by name."""
+        return self._on_schedules(lambda runner: runner.infos())
+
+    def _on_schedules(self, operation: Callable[[ScheduleRunner], T]) -> T:
+        supervisor = self._running_supervisor()
+        journal = self._journal
+
+        def run() -> T:
+            outcome = operation(supervisor.schedules)
+            if journal is not None:
+                journal.flush()
+            return outcome
+
+        return supervisor.call(run)
 
     def recovered_tasks(self) -> list[str]:
         """Ids of the tasks that were queued or running when the journal's last host died
@@ -370,6 +501,8 @@ class ParallelOrchestrator:
         record.attempts, record.plan, record.plan_refs = row.attempts, row.plan, row.plan_refs
         record.holds_slot = False  # recovered tasks are admitted whatever task_queue_size is
         record.recovered = True
+        record.due = time.monotonic()
+        record.run_at = row.not_before
         if row.result is not None:
             _set_final(record, restore_result(row.task_id, TaskStatus(row.status), row.attempts, row.result))
         elif not handler:
@@ -380,6 +513,15 @@ class ParallelOrchestrator:
         elif row.status == "running":
             record.interrupted = 1  # the rerun of a crash does not use up retries
         return record
+
+    def _recover_schedules(self, journal: Journal) -> list[tuple[Schedule, int]]:
+        now_mono, now_wall = time.monotonic(), time.time()
+        restored = []
+        for name, spec_json, config, state in journal.schedules():
+            fields = {**json.loads(spec_json), "config": protocol.unpack_payload(config)}
+            spec = TaskSpec.model_validate(fields)
+            restored.append(Schedule.from_json(name, spec, state, now_mono, now_wall))
+        return restored
 
     def _end_recovered(self, record: TaskRecord, kind: str, message: str) -> None:
         result = TaskResult(
@@ -769,6 +911,7 @@ def _post_quietly(supervisor: Supervisor, command: Callable[[], None]) -> None:
 
 def _journal_row(record: TaskRecord) -> tuple[Any, ...]:
     spec = record.spec
+    now_wall = time.time()
     return (
         record.task_id,
         record.seq,
@@ -777,8 +920,17 @@ def _journal_row(record: TaskRecord) -> tuple[Any, ...]:
         record.handler,
         record.plan,
         json.dumps(record.plan_refs) if record.plan_refs else None,
-        time.time(),
+        now_wall,
+        _not_before(record, now_wall),
     )
+
+
+def _not_before(record: TaskRecord, now_wall: float) -> float | None:
+    """A delayed task's due time on the wall clock (a restart has no use for monotonic times)."""
+    if record.run_at is not None:
+        return record.run_at
+    ahead = record.due - time.monotonic()
+    return now_wall + ahead if ahead > 0 else None
 
 
 def _set_final(record: TaskRecord, result: TaskResult) -> None:

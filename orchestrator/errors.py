@@ -10,6 +10,7 @@
     ├── TaskNotFoundError      an id this orchestrator never issued (also a KeyError)
     ├── GroupNotFoundError     a group name no task was submitted with (also a KeyError)
     ├── PlanError              a plan rejected before anything was queued (also a ValueError)
+    ├── ScheduleError          a bad run_at, delay, cron expression or schedule (also a ValueError)
     └── OrchestratorClosedError  submit after shutdown
 
 A task that fails is not an exception of the API: its `TaskResult` says so, with a `TaskError`
@@ -33,6 +34,10 @@ class InvalidTaskError(OrchestratorError, ValueError):
 
 class UnknownTaskTypeError(OrchestratorError, ValueError):
     """A task whose type is neither built in nor registered through ``handlers``."""
+
+
+class ScheduleError(OrchestratorError, ValueError):
+    """A delayed or recurring task rejected before anything was queued; the message names the argument."""
 
 
 class QueueFullError(OrchestratorError):

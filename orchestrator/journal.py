@@ -31,8 +31,8 @@ SCHEMA_VERSION: Final = 2
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
 _INSERT: Final = (
-    "INSERT INTO tasks (task_id, seq, spec, config, handler, plan, plan_refs, status, submitted_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)"
+    "INSERT INTO tasks (task_id, seq, spec, config, handler, plan, plan_refs, status, submitted_at, "
+    "not_before) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)"
 )
 # The supervisor checkpoints the WAL itself, every so many group commits, so that no submitter
 # pays for a checkpoint inside submit_task.
@@ -53,19 +53,27 @@ CREATE TABLE IF NOT EXISTS tasks (
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     result BLOB,
-    submitted_at REAL NOT NULL
+    submitted_at REAL NOT NULL,
+    not_before REAL
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    config BLOB NOT NULL,
+    state TEXT NOT NULL
 );
 """
 # Version 1 keyed tasks by task_id and indexed them by status.
 _MIGRATE_FROM_1: Final = (
     "BEGIN; ALTER TABLE tasks RENAME TO tasks_v1; DROP INDEX IF EXISTS tasks_by_status;"
     + _SCHEMA
-    + "INSERT INTO tasks SELECT seq, task_id, spec, config, handler, plan, plan_refs, status, attempts, "
-    "result, submitted_at FROM tasks_v1; DROP TABLE tasks_v1; "
+    + "INSERT INTO tasks (seq, task_id, spec, config, handler, plan, plan_refs, status, attempts, result, "
+    "submitted_at) SELECT seq, task_id, spec, config, handler, plan, plan_refs, status, attempts, result, "
+    "submitted_at FROM tasks_v1; DROP TABLE tasks_v1; "
     "UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;"
 )
 _VERSION: Final = "SELECT value FROM meta WHERE key = 'schema_version'"
-_COLUMNS: Final = "task_id, seq, spec, config, handler, plan, plan_refs, status, attempts, result"
+_COLUMNS: Final = "task_id, seq, spec, config, handler, plan, plan_refs, status, attempts, result, not_before"
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class JournalRow:
     status: str
     attempts: int
     result: bytes | None
+    not_before: float | None
 
 
 class Journal:
@@ -130,36 +139,55 @@ class Journal:
             self._db.executemany(_INSERT, rows)
             self._db.execute("COMMIT")
 
-    def note(self, task_id: str, sql: str, arguments: tuple[Any, ...]) -> None:
-        """Queue a task's state change for the next `flush` (the supervisor's group commit).
-
-        ``sql`` ends with ``WHERE seq = ?``; the task's seq is appended to ``arguments``.
-        """
-        self._pending[task_id] = (sql, (*arguments, _seq_of(task_id)))
+    def _note(self, key: str, sql: str, arguments: tuple[Any, ...]) -> None:
+        """Queue the latest change of ``key`` for the next `flush` (the supervisor's group commit)."""
+        self._pending[key] = (sql, arguments)
 
     def started(self, task_id: str, attempts: int) -> None:
         """The task's handler started (its attempts so far)."""
-        self.note(
+        self._note(
             task_id,
             "UPDATE tasks SET status = 'running', attempts = ? WHERE seq = ?",
-            (attempts,),
+            (attempts, _seq_of(task_id)),
         )
 
     def requeued(self, task_id: str, attempts: int) -> None:
         """The task waits again (a retry, or given back unstarted)."""
-        self.note(task_id, "UPDATE tasks SET status = 'queued', attempts = ? WHERE seq = ?", (attempts,))
+        self._note(
+            task_id,
+            "UPDATE tasks SET status = 'queued', attempts = ? WHERE seq = ?",
+            (attempts, _seq_of(task_id)),
+        )
 
     def finished(self, task_id: str, status: str, attempts: int, result: bytes) -> None:
         """The task is final; ``result`` is its packed `TaskResult` fields."""
-        self.note(
+        self._note(
             task_id,
             "UPDATE tasks SET status = ?, attempts = ?, result = ? WHERE seq = ?",
-            (status, attempts, result),
+            (status, attempts, result, _seq_of(task_id)),
         )
 
     def forget(self, task_id: str) -> None:
         """Drop a final task whose result outlived ``result_ttl``."""
-        self.note(task_id, "DELETE FROM tasks WHERE seq = ?", ())
+        self._note(task_id, "DELETE FROM tasks WHERE seq = ?", (_seq_of(task_id),))
+
+    def schedule_saved(self, name: str, spec: str, config: bytes, state: str) -> None:
+        """A schedule was added or changed (``state`` is its JSON)."""
+        self._note(
+            f"schedule:{name}",
+            "INSERT OR REPLACE INTO schedules (name, spec, config, state) VALUES (?, ?, ?, ?)",
+            (name, spec, config, state),
+        )
+
+    def schedule_removed(self, name: str) -> None:
+        """A schedule was removed."""
+        self._note(f"schedule:{name}", "DELETE FROM schedules WHERE name = ?", (name,))
+
+    def schedules(self) -> list[tuple[str, str, bytes, str]]:
+        """Every schedule as (name, spec JSON, packed config, state JSON), by name."""
+        with self._write:
+            found = self._db.execute("SELECT name, spec, config, state FROM schedules ORDER BY name")
+            return found.fetchall()
 
     def row(self, task_id: str) -> JournalRow | None:
         """One task by id, or None."""
@@ -219,7 +247,7 @@ def _seq_of(task_id: str) -> int:
 
 def _row(r: tuple[Any, ...]) -> JournalRow:
     refs = json.loads(r[6]) if r[6] else None
-    return JournalRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], refs, r[7], r[8], r[9])
+    return JournalRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], refs, r[7], r[8], r[9], r[10])
 
 
 def _refuse_foreign(path: Path) -> None:

@@ -194,6 +194,47 @@ class GroupStatus(_Frozen):
     task_ids: list[str]
 
 
+class ScheduleInfo(_Frozen):
+    """A recurring task as `ParallelOrchestrator.schedules` reports it.
+
+    ``next_run`` is an aware UTC datetime (None while paused); ``runs`` counts the firings that
+    submitted a task; ``task_ids`` are the last 100 of them, oldest first.
+    """
+
+    name: str
+    every: float | None
+    cron: str | None
+    tz: str
+    overlap: str
+    paused: bool
+    next_run: datetime | None
+    last_run: datetime | None
+    last_status: TaskStatus | None
+    runs: int
+    task_ids: list[str]
+
+
+class ScheduleFiredEvent(Event):
+    """A schedule submitted its ``run``-th task (``schedule_fired``)."""
+
+    schedule: str
+    task_id: str
+    run: int
+
+
+class ScheduleMissedEvent(Event):
+    """A schedule did not fire ``count`` times (``schedule_missed``).
+
+    ``reason``: ``overlap`` (the previous run was still going), ``late`` (the host was busy or
+    the clock jumped), ``restart`` (no host was running), ``queue_full``, or ``error`` (the task
+    was refused; the log says why).
+    """
+
+    schedule: str
+    count: int
+    reason: str
+
+
 class WorkerSpawnedEvent(Event):
     """A worker process was started (``worker_spawned``)."""
 
@@ -224,5 +265,7 @@ EVENT_NAMES = frozenset(
         "worker_exited",
         "group_completed",
         "plan_completed",
+        "schedule_fired",
+        "schedule_missed",
     }
 )

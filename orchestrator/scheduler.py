@@ -39,20 +39,28 @@ class QueueSlots:
             self._free += count
 
 
+_Entry = tuple[int, float, int, str]
+
+
 class ReadyQueue:
-    """Tasks ready to run, ordered by priority (highest first) then submission order (FIFO)."""
+    """Tasks ready to run, by priority (highest first), then due time, then submission order.
+
+    A task's due time is when it was submitted, or for a delayed task when its delay ends, so a
+    delayed task that comes due waits behind the tasks submitted before that moment, not behind
+    everything submitted since it was.
+    """
 
     def __init__(self) -> None:
-        self._heaps: dict[str, list[tuple[int, int, str]]] = {}
+        self._heaps: dict[str, list[_Entry]] = {}
         self._removed: set[str] = set()
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
-    def push(self, task_type: str, priority: int, seq: int, task_id: str) -> None:
-        """Add a task; ``seq`` is its submission number (lower runs first within a priority)."""
-        heapq.heappush(self._heaps.setdefault(task_type, []), (-priority, seq, task_id))
+    def push(self, task_type: str, priority: int, due: float, seq: int, task_id: str) -> None:
+        """Add a task; ``due`` (monotonic) then ``seq`` order it within its priority."""
+        heapq.heappush(self._heaps.setdefault(task_type, []), (-priority, due, seq, task_id))
         self._size += 1
 
     def remove(self, task_id: str) -> None:
@@ -62,13 +70,13 @@ class ReadyQueue:
 
     def peek_best(self, may_run: Callable[[str], bool]) -> tuple[str, str] | None:
         """The (type, task id) of the most urgent task whose type ``may_run``, or None."""
-        best: tuple[int, int, str] | None = None
+        best: _Entry | None = None
         best_type = ""
         for task_type in list(self._heaps):
             head = self._head(task_type)
             if head is not None and (best is None or head < best) and may_run(task_type):
                 best, best_type = head, task_type
-        return None if best is None else (best_type, best[2])
+        return None if best is None else (best_type, best[3])
 
     def pop(self, task_type: str) -> str:
         """Remove and return the id of the most urgent task of ``task_type``."""
@@ -77,17 +85,17 @@ class ReadyQueue:
             raise KeyError(f"no ready task of type {task_type!r}")
         heapq.heappop(self._heaps[task_type])
         self._size -= 1
-        return head[2]
+        return head[3]
 
     def task_ids(self) -> list[str]:
         """Every queued task id, most urgent first (for snapshots, not the hot path)."""
-        entries = [e for heap in self._heaps.values() for e in heap if e[2] not in self._removed]
-        return [task_id for _, _, task_id in sorted(entries)]
+        entries = [e for heap in self._heaps.values() for e in heap if e[3] not in self._removed]
+        return [entry[3] for entry in sorted(entries)]
 
-    def _head(self, task_type: str) -> tuple[int, int, str] | None:
+    def _head(self, task_type: str) -> _Entry | None:
         heap = self._heaps[task_type]
-        while heap and heap[0][2] in self._removed:
-            self._removed.discard(heapq.heappop(heap)[2])
+        while heap and heap[0][3] in self._removed:
+            self._removed.discard(heapq.heappop(heap)[3])
         if not heap:
             del self._heaps[task_type]
             return None

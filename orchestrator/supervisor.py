@@ -19,6 +19,7 @@ result and then exited is not a crash.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import random
@@ -34,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
-from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError
+from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError, QueueFullError
 from orchestrator.events import Callback, EventBus, call_each
 from orchestrator.graph import Collection, TaskGraph, status_counts
 from orchestrator.journal import Journal, journal_result
@@ -45,6 +46,8 @@ from orchestrator.models import (
     GroupStatus,
     OrchestratorStatus,
     Progress,
+    ScheduleFiredEvent,
+    ScheduleMissedEvent,
     TaskError,
     TaskFinishedEvent,
     TaskPartialEvent,
@@ -59,6 +62,7 @@ from orchestrator.models import (
 from orchestrator.plans import PlanError, substitute
 from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
+from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
 from workers import protocol
 from workers.shm import BlockReader, BlockWriter, block_prefix, unlink_block, unlink_by_prefix
 
@@ -127,8 +131,21 @@ class TaskRecord:
     revoking: bool = False
     interrupted: int = 0
     recovered: bool = False
+    # Ordering within a priority (monotonic): submission, or the end of the task's delay.
+    due: float = 0.0
+    # A task delayed until a wall-clock time (run_at, or any delay after a restart).
+    run_at: float | None = None
     needed_by: int = 0
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
+
+
+def _delayed(record: TaskRecord, now_mono: float, now_wall: float) -> bool:
+    """Whether the task still waits for its delay to end."""
+    return record.run_at > now_wall if record.run_at is not None else record.due > now_mono
+
+
+def _clocks() -> tuple[float, float]:
+    return time.monotonic(), time.time()
 
 
 def _utc(timestamp: float | None) -> datetime | None:
@@ -147,6 +164,7 @@ class Supervisor:
         pool: WorkerPool,
         blocks: BlockWriter | None = None,
         journal: Journal | None = None,
+        admit: Callable[[TaskSpec, float], TaskRecord] | None = None,
     ) -> None:
         self._config = config
         self._tasks = tasks
@@ -186,6 +204,12 @@ class Supervisor:
         os.set_blocking(self._wakeup_w, False)
         self._wakeup_pending = False
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+        # Tasks delayed until a wall-clock time, earliest first, behind one timer.
+        self._delayed: list[tuple[float, int, TaskRecord]] = []
+        self._delayed_timer: Timer | None = None
+        self._admit = admit
+        self._schedule_timer: Timer | None = None
+        self.schedules = ScheduleRunner(self, _clocks)
         self.thread = threading.Thread(target=self._run, name=f"orch-supervisor-{config.name}", daemon=True)
 
     # ----------------------------------------------------------------- commands (any thread)
@@ -308,8 +332,35 @@ class Supervisor:
             self._make_ready(record)
 
     def _make_ready(self, record: TaskRecord) -> None:
+        if record.run_at is not None:
+            if record.run_at > time.time():
+                heapq.heappush(self._delayed, (record.run_at, record.seq, record))
+                self._arm_delayed()
+                return
+            record.run_at = None
+        elif record.due > time.monotonic():
+            record.timer = self._timers.schedule(record.due, self._make_ready, record)
+            return
         record.in_ready = True
-        self._ready.push(record.spec.type, record.spec.priority, record.seq, record.task_id)
+        self._ready.push(record.spec.type, record.spec.priority, record.due, record.seq, record.task_id)
+
+    def _arm_delayed(self) -> None:
+        """One timer for every wall-clock delayed task, re-reading the clock at least every second."""
+        Timers.cancel(self._delayed_timer)
+        self._delayed_timer = None
+        while self._delayed and self._delayed[0][2].result is not None:
+            heapq.heappop(self._delayed)  # cancelled while it waited
+        if self._delayed:
+            wait = min(self._delayed[0][0] - time.time(), WALL_CLOCK_RECHECK)
+            self._delayed_timer = self._timers.schedule(time.monotonic() + max(0.0, wait), self._release_due)
+
+    def _release_due(self) -> None:
+        now = time.time()
+        while self._delayed and self._delayed[0][0] <= now:
+            record = heapq.heappop(self._delayed)[2]
+            if record.result is None:
+                self._make_ready(record)
+        self._arm_delayed()
 
     def _announce_queued(self, record: TaskRecord) -> None:
         listeners = self._bus.listeners("task_queued")
@@ -1144,6 +1195,63 @@ class Supervisor:
 
     # ----------------------------------------------------------------- shutdown
 
+    # ----------------------------------------------------------------- schedules (the runner's host)
+
+    def submit_scheduled(self, schedule: Schedule, delay: float) -> str:
+        """Queue one firing of ``schedule`` (raises QueueFullError when the queue has no room)."""
+        if self._admit is None or self._closing:
+            raise QueueFullError("the orchestrator is shutting down")
+        record = self._admit(schedule.spec, delay)
+        self._accept_one(record)
+        return record.task_id
+
+    def task_is_open(self, task_id: str) -> bool:
+        """Whether the task is known and not final."""
+        record = self._tasks.get(task_id)
+        return record is not None and record.result is None
+
+    def cancel_task(self, task_id: str) -> None:
+        """Cancel a task if it is still open."""
+        record = self._tasks.get(task_id)
+        if record is not None and record.result is None:
+            self.cancel(record, "cancelled: replaced by the next run of its schedule")
+
+    def task_status(self, task_id: str) -> TaskStatus | None:
+        """A task's status, or None once it was evicted."""
+        record = self._tasks.get(task_id)
+        return None if record is None else record.status
+
+    def emit(self, name: str, **fields: Any) -> None:
+        """Post a ``schedule_fired`` or ``schedule_missed`` event to its listeners."""
+        listeners = self._bus.listeners(name)
+        if listeners:
+            model = ScheduleFiredEvent if name == "schedule_fired" else ScheduleMissedEvent
+            event = model.model_construct(event=name, timestamp=datetime.now(UTC), **fields)
+            self._bus.post(None, call_each, listeners, event, name)
+        logger.debug("%s %s", name, fields)
+
+    def save_schedule(self, schedule: Schedule | None, name: str) -> None:
+        """Journal a schedule as it now stands, or its removal."""
+        if self._journal is None:
+            return
+        if schedule is None:
+            self._journal.schedule_removed(name)
+            return
+        spec = schedule.spec
+        self._journal.schedule_saved(
+            name,
+            spec.model_dump_json(exclude={"config"}),
+            protocol.pack_payload(spec.config),
+            schedule.to_json(*_clocks()),
+        )
+
+    def arm(self, delay: float | None, action: Callable[[], None]) -> None:
+        """The schedule runner's one timer."""
+        Timers.cancel(self._schedule_timer)
+        self._schedule_timer = None
+        if delay is not None and not self._closing:
+            self._schedule_timer = self._timers.schedule(time.monotonic() + delay, action)
+
     def begin_shutdown(self, cancel_pending: bool, deadline: float | None, keep_queued: bool = False) -> None:
         """Take no new work; cancel the queue if asked; at ``deadline``, cancel and kill the rest.
 
@@ -1151,6 +1259,7 @@ class Supervisor:
         stands, for the next process (the upgrade case).
         """
         self._closing = True
+        Timers.cancel(self._schedule_timer)
         if keep_queued and self._journal is not None:
             self._journal.flush()
             self._journal = None  # what happens to open tasks from here on is not journaled
@@ -1159,6 +1268,11 @@ class Supervisor:
             return
         if cancel_pending:
             self._cancel_all(TaskStatus.QUEUED, "cancelled by shutdown(cancel_pending=True)")
+        # Waiting for a delay to end would hold shutdown for as long as the delay.
+        now_mono, now_wall = _clocks()
+        delayed = [r for r in self._tasks.values() if r.result is None and _delayed(r, now_mono, now_wall)]
+        for record in delayed:
+            self.cancel(record, "cancelled by shutdown before its delay ended (keep_queued keeps it)")
         if deadline is not None:
             self._timers.schedule(deadline, self._on_shutdown_deadline)
         self._retire_unneeded_workers()

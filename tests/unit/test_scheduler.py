@@ -9,7 +9,7 @@ from orchestrator.scheduler import ReadyQueue, Timers
 
 def fill(queue: ReadyQueue, entries: list[tuple[str, int, str]]) -> None:
     for seq, (task_type, priority, task_id) in enumerate(entries):
-        queue.push(task_type, priority, seq, task_id)
+        queue.push(task_type, priority, float(seq), seq, task_id)
 
 
 def drain(queue: ReadyQueue, may_run=lambda task_type: True) -> list[str]:
@@ -29,6 +29,15 @@ def test_highest_priority_first_then_fifo() -> None:
     assert len(queue) == 5
     assert drain(queue) == ["urgent-1", "urgent-2", "urgent-3", "mid", "low"]
     assert len(queue) == 0
+
+
+def test_within_a_priority_the_earlier_due_runs_first() -> None:
+    queue = ReadyQueue()
+    queue.push("a", 5, 10.0, 1, "submitted-first-due-late")
+    queue.push("a", 5, 2.0, 2, "due-early")
+    queue.push("a", 5, 2.0, 3, "due-early-too")
+    queue.push("a", 6, 50.0, 4, "higher-priority")
+    assert drain(queue) == ["higher-priority", "due-early", "due-early-too", "submitted-first-due-late"]
 
 
 def test_a_type_that_may_not_run_does_not_block_others() -> None:
