@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _COLUMNS = ("id", "type", "pid", "state", "task", "progress", "done", "RSS", "CPU%")
+_SCHEDULE_COLUMNS = ("schedule", "when", "next run (UTC)", "runs", "last run", "last status")
 
 
 def render_text(snapshots: list[dict[str, Any]]) -> str:
@@ -22,7 +23,32 @@ def _orchestrator(snapshot: dict[str, Any]) -> str:
         f"{snapshot['tasks_per_s']:.1f} tasks/s (last minute)"
     )
     rows = [_row(worker) for worker in snapshot["workers"]] or [["-", "no workers", *[""] * 7]]
-    return header + "\n" + _table([list(_COLUMNS), *rows])
+    text = header + "\n" + _table([list(_COLUMNS), *rows])
+    if snapshot.get("schedules"):
+        text += "\n\n" + render_schedules(snapshot["schedules"])
+    return text
+
+
+def render_schedules(schedules: list[dict[str, Any]]) -> str:
+    """A table of schedules: when each fires, its next run, and how its runs went."""
+    rows = [
+        [
+            schedule["name"],
+            f"every {schedule['every']:g}s"
+            if schedule["every"] is not None
+            else f"cron {schedule['cron']} {schedule['tz']}",
+            "paused" if schedule["paused"] else _moment(schedule["next_run"]),
+            str(schedule["runs"]),
+            _moment(schedule["last_run"]),
+            schedule["last_status"] or "-",
+        ]
+        for schedule in schedules
+    ]
+    return _table([list(_SCHEDULE_COLUMNS), *rows])
+
+
+def _moment(iso: str | None) -> str:
+    return "-" if iso is None else iso.replace("T", " ")[:19]
 
 
 def _row(worker: dict[str, Any]) -> list[str]:

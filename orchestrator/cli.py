@@ -302,6 +302,23 @@ def tasks(
         click.echo(f"{line} {row['description']}")
 
 
+@main.command()
+@_NAME
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def schedules(name: str | None, as_json: bool) -> None:
+    """List the recurring tasks of an orchestrator and when each runs next."""
+    rows = _ask(_endpoint(name), "status")["schedules"]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no schedules")
+        return
+    from orchestrator._status_text import render_schedules
+
+    click.echo(render_schedules(rows))
+
+
 # --------------------------------------------------------------------------------- bench
 
 

@@ -188,6 +188,7 @@ class ControlServer:
             "uptime_s": status.uptime_s,
             "tasks_per_s": orchestrator._tasks_per_second(),
             "status": status.model_dump(mode="json"),
+            "schedules": [info.model_dump(mode="json") for info in orchestrator.schedules()],
         }
 
     def _workers(self, request: dict[str, Any]) -> list[dict[str, Any]]:
