@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from workers import protocol
+from workers.messaging import AsyncSubscription, ChildResult, Link, Subscription, _refuse_in_event_loop
 
 
 class TaskCancelled(BaseException):
@@ -60,6 +62,12 @@ _STOP_EXCEPTIONS: dict[str, type[TaskCancelled]] = {
 }
 
 
+def _ids(task_ids: list[str]) -> list[str]:
+    if isinstance(task_ids, str) or not all(isinstance(task_id, str) for task_id in task_ids):
+        raise TypeError(f"task_ids must be a list of task id strings, not {task_ids!r}")
+    return list(task_ids)
+
+
 def stop_exception(reason: str) -> TaskCancelled:
     """The exception that a stop request for ``reason`` raises in the handler."""
     return _STOP_EXCEPTIONS.get(reason, TaskCancelled)(f"task stopped: {reason}")
@@ -69,6 +77,7 @@ class TaskContext:
     """The handler's view of its task: inputs, progress reporting, partial results, cancellation."""
 
     __slots__ = (
+        "_link",
         "_pack",
         "_send",
         "_stop_reason",
@@ -76,6 +85,7 @@ class TaskContext:
         "config",
         "deps",
         "description",
+        "group",
         "task_id",
         "type",
     )
@@ -90,8 +100,12 @@ class TaskContext:
         attempt: int,
         send: Callable[[protocol.Message], None],
         pack: Callable[[Any], bytes] = protocol.pack_payload,
+        group: str | None = None,
+        link: Link | None = None,
     ) -> None:
         self.task_id = task_id
+        self.group = group
+        self._link = link
         self.type = task_type
         self.description = description
         self.config = config
@@ -131,6 +145,96 @@ class TaskContext:
         """Raise `TaskCancelled` (or `TaskTimeout`) if a stop was requested; else return."""
         if self._stop_reason is not None:
             raise stop_exception(self._stop_reason)
+
+    # ----------------------------------------------------------------- topics
+
+    def publish(self, topic: str, data: Any) -> None:
+        """Publish ``data`` on ``topic`` to every subscription open when the host handles it.
+
+        This task's publishes are handled in the order made, and all before its result is final.
+        Raises `TypeError` (nothing sent) when ``data`` is not msgpack-serialisable.
+        """
+        self._linked().publish(self.task_id, topic, data)
+
+    def subscribe(self, topic: str) -> Subscription:
+        """Receive what is published on ``topic`` from now until `close` or the end of this task."""
+        return Subscription(self._linked(), self.task_id, topic)
+
+    def subscribe_async(self, topic: str) -> AsyncSubscription:
+        """`subscribe` for async handlers: ``await sub.receive()``, ``async for msg in sub``."""
+        return AsyncSubscription(self._linked(), self.task_id, topic)
+
+    # ----------------------------------------------------------------- sub-tasks
+
+    def submit(self, spec: dict[str, Any], *, detached: bool = False) -> str:
+        """Submit a task from this one and return its id; it runs by its own spec's priority.
+
+        An attached child (the default) is cancelled if this task's attempt ends in anything but
+        success; a ``detached`` one lives on regardless.
+
+        Raises:
+            UnknownTaskTypeError: no handler for the spec's type.
+            ValueError: the spec does not validate (the message names the field).
+            QueueFullError: the host's queue is full; nothing was queued.
+            TypeError: the spec is not msgpack-serialisable.
+        """
+        if not isinstance(spec, dict):
+            raise TypeError(f"a task spec is a dict, not {type(spec).__name__}")
+        try:
+            protocol.check_payload(spec, "spec")
+        except protocol.PayloadError as exc:
+            raise TypeError(str(exc)) from None
+        task_id: str = self._linked().call(
+            self.task_id, "submit", {"spec": spec, "detached": bool(detached)}, waits=False
+        )
+        return task_id
+
+    def wait(self, task_ids: list[str], timeout: float | None = None) -> list[ChildResult]:
+        """One result per id, in the order given, once all are final.
+
+        While it waits, this task lends its worker slot to other work. Raises `TimeoutError` if
+        they are not all final within ``timeout`` (they go on) and `KeyError` for an unknown id.
+        """
+        _refuse_in_event_loop("wait", "await wait_async")
+        ids = _ids(task_ids)
+        found = self._linked().call(self.task_id, "wait", {"ids": ids, "any": False}, timeout)
+        return [ChildResult.from_wire(fields) for fields in found]
+
+    def as_completed(self, task_ids: list[str], timeout: float | None = None) -> Iterator[ChildResult]:
+        """The results as the tasks end, in completion order; ``timeout`` covers the whole run."""
+        _refuse_in_event_loop("as_completed", "as_completed_async")
+        remaining = list(dict.fromkeys(_ids(task_ids)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while remaining:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            found = self._linked().call(self.task_id, "wait", {"ids": remaining, "any": True}, left)
+            for fields in found:
+                remaining.remove(fields["task_id"])
+                yield ChildResult.from_wire(fields)
+
+    async def wait_async(self, task_ids: list[str], timeout: float | None = None) -> list[ChildResult]:
+        """`wait` for async handlers."""
+        ids = _ids(task_ids)
+        found = await self._linked().call_async(self.task_id, "wait", {"ids": ids, "any": False}, timeout)
+        return [ChildResult.from_wire(fields) for fields in found]
+
+    async def as_completed_async(
+        self, task_ids: list[str], timeout: float | None = None
+    ) -> AsyncIterator[ChildResult]:
+        """`as_completed` for async handlers: ``async for result in ctx.as_completed_async(ids)``."""
+        remaining = list(dict.fromkeys(_ids(task_ids)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while remaining:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            args = {"ids": remaining, "any": True}
+            for fields in await self._linked().call_async(self.task_id, "wait", args, left):
+                remaining.remove(fields["task_id"])
+                yield ChildResult.from_wire(fields)
+
+    def _linked(self) -> Link:
+        if self._link is None:
+            raise RuntimeError("this context is not connected to an orchestrator")
+        return self._link
 
     def __repr__(self) -> str:
         return f"<TaskContext {self.task_id} type={self.type!r} attempt={self.attempt}>"

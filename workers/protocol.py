@@ -108,6 +108,7 @@ class RunTask:
     config: bytes
     deps: bytes
     attempt: int
+    group: str | None = None
 
 
 @dataclass(slots=True)
@@ -132,6 +133,33 @@ class Shutdown:
     """Host -> worker: finish and exit."""
 
     TAG: ClassVar[int] = 3
+
+
+@dataclass(slots=True)
+class Reply:
+    """Host -> worker: the answer to a `Call`; ``error`` names an exception class, or is empty."""
+
+    TAG: ClassVar[int] = 5
+    call_id: int
+    error: str
+    message: str
+    value: bytes
+
+
+@dataclass(slots=True)
+class Deliver:
+    """Host -> worker: a published message for one of the worker's subscriptions.
+
+    ``message_id`` is non-zero when ``data`` refers to shared-memory blocks: the worker copies
+    them out and answers `Received` so that the host can unlink them.
+    """
+
+    TAG: ClassVar[int] = 6
+    sub_id: int
+    topic: str
+    data: bytes
+    sender: str | None
+    message_id: int
 
 
 @dataclass(slots=True)
@@ -206,6 +234,45 @@ class TaskFailed:
     retry_after: float | None = None
 
 
+@dataclass(slots=True)
+class Publish:
+    """Worker -> host: ``ctx.publish(topic, data)``."""
+
+    TAG: ClassVar[int] = 17
+    task_id: str
+    topic: str
+    data: bytes
+
+
+@dataclass(slots=True)
+class Call:
+    """Worker -> host: a request on behalf of a task, answered by a `Reply` (none when ``call_id``
+    is 0). ``op`` is ``subscribe``, ``unsubscribe``, ``submit`` or ``wait``; ``args`` is packed."""
+
+    TAG: ClassVar[int] = 18
+    task_id: str
+    call_id: int
+    op: str
+    args: bytes
+
+
+@dataclass(slots=True)
+class Waiting:
+    """Worker -> host: the task blocks in a wait or a receive (True), or goes on (False)."""
+
+    TAG: ClassVar[int] = 19
+    task_id: str
+    waiting: bool
+
+
+@dataclass(slots=True)
+class Received:
+    """Worker -> host: the worker copied out the blocks of a delivered message."""
+
+    TAG: ClassVar[int] = 20
+    message_id: int
+
+
 Message = (
     RunTask
     | StopTask
@@ -218,6 +285,12 @@ Message = (
     | TaskDone
     | Revoked
     | TaskFailed
+    | Reply
+    | Deliver
+    | Publish
+    | Call
+    | Waiting
+    | Received
 )
 
 _CLASSES: Final[dict[int, type[Any]]] = {
@@ -234,6 +307,12 @@ _CLASSES: Final[dict[int, type[Any]]] = {
         TaskPartial,
         TaskDone,
         TaskFailed,
+        Reply,
+        Deliver,
+        Publish,
+        Call,
+        Waiting,
+        Received,
     )
 }
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {

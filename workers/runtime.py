@@ -29,6 +29,7 @@ from typing import Any, Final, NoReturn
 
 from workers import protocol
 from workers.context import RateLimitError, TaskCancelled, TaskContext, TaskError, stop_exception
+from workers.messaging import Link
 from workers.registry import resolve_handler
 from workers.shm import BlockReader, BlockWriter, block_prefix
 
@@ -99,6 +100,7 @@ class _WorkerRuntime:
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._blocks = blocks
         self._mapped: dict[str, BlockReader] = {}
+        self._link = Link(self._send, self._pack)
 
     def serve(self) -> None:
         """Run tasks until the host sends Shutdown; exit at once if the host dies."""
@@ -143,10 +145,22 @@ class _WorkerRuntime:
                 if self._inbox.take_back(msg.task_id):
                     self._send(protocol.Revoked(msg.task_id))
                 continue
+            if isinstance(msg, protocol.Reply):
+                self._link.on_reply(msg)
+                continue
+            if isinstance(msg, protocol.Deliver):
+                self._on_deliver(msg)
+                continue
             with self._lock:
                 self._deliver(msg)
             if isinstance(msg, protocol.Shutdown):
                 return
+
+    def _on_deliver(self, msg: protocol.Deliver) -> None:
+        try:
+            self._link.on_deliver(msg)
+        except protocol.PayloadError as exc:
+            print(f"orchestrator worker {os.getpid()}: a message on {msg.topic!r} {exc}", file=sys.stderr)
 
     def _request_stop(self, task_id: str, reason: str) -> None:
         with self._lock:
@@ -173,7 +187,16 @@ class _WorkerRuntime:
         except Exception as exc:  # noqa: BLE001 - reported to the host as the task's error
             return _failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}: ")
         ctx = TaskContext(
-            msg.task_id, msg.task_type, msg.description, config, deps, msg.attempt, self._send, self._pack
+            msg.task_id,
+            msg.task_type,
+            msg.description,
+            config,
+            deps,
+            msg.attempt,
+            self._send,
+            self._pack,
+            msg.group,
+            self._link,
         )
         self._mapped[msg.task_id] = mapped
         with self._lock:
@@ -186,6 +209,7 @@ class _WorkerRuntime:
         return ctx, handler
 
     def _finished(self, ctx: TaskContext) -> None:
+        self._link.end_task(ctx.task_id)
         with self._lock:
             self._running.pop(ctx.task_id, None)
         mapped = self._mapped.pop(ctx.task_id, None)

@@ -82,12 +82,14 @@ class BlockWriter:
 class BlockReader:
     """Unpacks values whose large buffers live in blocks.
 
-    ``copy=True`` (the host): each block is copied out and unlinked at once. ``copy=False``
+    ``copy=True`` (the host): each block is copied out and unlinked at once (unless ``unlink`` is
+    False: a worker copying a delivered message out of a block the host owns). ``copy=False``
     (a worker): each block is mapped read-only and kept open until `close`.
     """
 
-    def __init__(self, copy: bool) -> None:
+    def __init__(self, copy: bool, unlink: bool = True) -> None:
         self._copy = copy
+        self._unlink = unlink
         self._open: list[shared_memory.SharedMemory] = []
         self._views: list[memoryview] = []
 
@@ -123,7 +125,8 @@ class BlockReader:
             value: Any = _as_array(view, extra, copy=True) if code == ARRAY_BLOCK else bytes(view)
             view.release()
             block.close()
-            unlink_block(name)
+            if self._unlink:
+                unlink_block(name)
             return value
         self._open.append(block)
         readonly = view.toreadonly()
