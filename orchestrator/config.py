@@ -68,6 +68,12 @@ class OrchestratorConfig(BaseModel):
     result_ttl: float | None = Field(
         None, gt=0, description="seconds after which a final result is dropped (memory and journal)"
     )
+    max_pending_messages: int = Field(
+        1000, ge=1, strict=True, description="messages a subscription buffers (then the oldest are dropped)"
+    )
+    max_waiting_tasks: int | None = Field(
+        None, ge=0, description="tasks blocked in a wait that lend out their slot (None: max_workers; 0: off)"
+    )
     name: str = "default"
 
     @field_validator("handlers")

@@ -42,6 +42,7 @@ from orchestrator.journal import Journal, JournalRow, journal_result, restore_re
 from orchestrator.models import (
     ErrorKind,
     GroupStatus,
+    Message,
     OrchestratorStatus,
     Progress,
     ScheduleInfo,
@@ -137,6 +138,7 @@ class ParallelOrchestrator:
                 self._blocks,
                 journal,
                 self._admit_scheduled,
+                self._admit_child,
             )
             if journal is not None:
                 self._supervisor.schedules.restore(self._recover_schedules(journal))
@@ -379,6 +381,15 @@ class ParallelOrchestrator:
         for record in records:
             del self._tasks[record.task_id]
         self._queue_slots.give(len(records))
+
+    def _admit_child(self, fields: dict[str, Any], parent: TaskRecord, detached: bool) -> TaskRecord:
+        """A task submitted by a running one, on the supervisor's thread (accepted by the caller)."""
+        spec = _validate_spec(fields)
+        self._check_dependencies(spec)
+        record = self._new_record(spec, self._handler_for(spec.type))
+        record.parent, record.detached = parent.task_id, detached
+        self._admit([record])
+        return record
 
     def _admit_scheduled(self, spec: TaskSpec, delay: float) -> TaskRecord:
         """A schedule's firing, on the supervisor's thread: admitted here, accepted by the caller."""
@@ -756,10 +767,46 @@ class ParallelOrchestrator:
         """Call ``callback(event_model)`` for every ``event``; returns a function that unsubscribes.
 
         Events: task_queued, task_started, task_progress, task_partial, task_completed,
-        task_error, task_cancelled, worker_spawned, worker_exited. Callbacks run on the event
-        thread, in order per task; one that raises is logged and changes nothing else.
+        task_error, task_cancelled, worker_spawned, worker_exited, group_completed,
+        plan_completed, schedule_fired, schedule_missed. Callbacks run on the event thread, in
+        order per task; one that raises is logged and changes nothing else.
         """
         return self._bus.on(event, callback)
+
+    # ----------------------------------------------------------------- topics
+
+    def publish(self, topic: str, data: Any) -> None:
+        """Publish ``data`` on ``topic``; returns once it is in every open subscription's buffer.
+
+        Raises `TypeError` (nothing sent) when ``data`` is not msgpack-serialisable.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"a topic is a non-empty str, not {topic!r}")
+        try:
+            protocol.check_payload(data, "data")
+            copied = protocol.unpack_payload(protocol.pack_payload(data))
+        except protocol.PayloadError as exc:
+            raise TypeError(f"publish to {topic!r}: {exc}") from None
+        supervisor = self._running_supervisor()
+        supervisor.call(lambda: supervisor.publish(topic, copied))
+
+    def subscribe(self, topic: str, callback: Callable[[Message], object]) -> Callable[[], None]:
+        """Call ``callback(Message)`` on the event thread for each message published on ``topic``
+        from now on; returns a function that unsubscribes. The subscription buffers at most
+        ``max_pending_messages`` undelivered messages, dropping the oldest (``Message.dropped``).
+        """
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"a topic is a non-empty str, not {topic!r}")
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        supervisor = self._running_supervisor()
+        subscription = supervisor.call(lambda: supervisor.broker.subscribe_host(topic, callback))
+
+        def unsubscribe() -> None:
+            subscription.closed = True
+            _post_quietly(supervisor, lambda: supervisor.broker.unsubscribe_host(subscription))
+
+        return unsubscribe
 
     def _notify_when_final(self, records: list[TaskRecord], notify: Callable[[TaskResult], None]) -> None:
         """Have the supervisor call ``notify(result)`` as each task becomes final (at once for those

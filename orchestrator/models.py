@@ -76,6 +76,7 @@ class TaskResult(_Frozen):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_s: float | None = None
+    parent: str | None = None
 
 
 class Progress(_Frozen):
@@ -94,7 +95,7 @@ class Progress(_Frozen):
         return max(0.0, min(1.0, self.completed / self.total))
 
 
-WorkerState = Literal["starting", "idle", "busy", "stopping"]
+WorkerState = Literal["starting", "idle", "busy", "waiting", "stopping"]
 
 
 class WorkerInfo(_Frozen):
@@ -143,6 +144,7 @@ class TaskQueuedEvent(Event):
     type: str
     priority: int
     recovered: bool = False
+    parent: str | None = None
 
 
 class TaskStartedEvent(Event):
@@ -153,6 +155,7 @@ class TaskStartedEvent(Event):
     worker_id: int
     pid: int | None
     attempt: int
+    parent: str | None = None
 
 
 class TaskProgressEvent(Event):
@@ -192,6 +195,20 @@ class GroupStatus(_Frozen):
     total: int
     counts: dict[str, int]
     task_ids: list[str]
+
+
+class Message(_Frozen):
+    """A message published on a topic, as a host subscription's callback receives it.
+
+    ``data`` is what was published, after a msgpack round trip; ``sender`` the publishing task's
+    id (None for the host); ``dropped`` how many older messages this subscription discarded since
+    the previous one it delivered (its buffer was full).
+    """
+
+    topic: str
+    data: Any
+    sender: str | None
+    dropped: int = 0
 
 
 class ScheduleInfo(_Frozen):

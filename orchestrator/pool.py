@@ -54,6 +54,10 @@ class WorkerHandle:
     pending: list[protocol.RunTask] = field(default_factory=list)
     slots: int = 1
     prefetch: int = 0
+    # An async worker runs tasks side by side; a sync one runs one, even while it waits.
+    concurrent: bool = False
+    # Tasks of this worker blocked in a wait whose slot is lent to other work.
+    released: int = 0
     tasks_completed: int = 0
     started_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.time)
@@ -75,11 +79,21 @@ class WorkerHandle:
 
     def has_room(self) -> bool:
         """True while a task sent now would start at once (fewer tasks than its slots)."""
-        return len(self.tasks) < self.slots and self.exit_reason is None
+        return self._occupied() < self.slots and self.exit_reason is None
 
     def can_prefetch(self) -> bool:
         """True while the worker may hold one more task queued behind its running ones."""
-        return len(self.tasks) < self.slots + self.prefetch and self.exit_reason is None
+        return self._occupied() < self.slots + self.prefetch and self.exit_reason is None
+
+    @property
+    def lent_out(self) -> bool:
+        """A sync worker whose task waits: it runs nothing else, and counts toward no limit."""
+        return not self.concurrent and self.released > 0
+
+    def _occupied(self) -> int:
+        if self.concurrent:
+            return len(self.tasks) - self.released
+        return len(self.tasks)
 
     @property
     def pid(self) -> int | None:

@@ -19,6 +19,7 @@ result and then exited is not a crash.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import os
@@ -35,11 +36,12 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
-from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError, QueueFullError
+from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError, OrchestratorError, QueueFullError
 from orchestrator.events import Callback, EventBus, call_each
 from orchestrator.graph import Collection, TaskGraph, status_counts
 from orchestrator.journal import Journal, journal_result
 from orchestrator.limits import cpu_seconds, kill_process_tree, tree_rss
+from orchestrator.messaging import Broker
 from orchestrator.models import (
     CollectionCompletedEvent,
     ErrorKind,
@@ -135,8 +137,46 @@ class TaskRecord:
     due: float = 0.0
     # A task delayed until a wall-clock time (run_at, or any delay after a restart).
     run_at: float | None = None
+    parent: str | None = None
+    detached: bool = False
+    children: list[str] = field(default_factory=list)
+    # Blocked in ctx.wait or receive, its slot lent to other work.
+    released: bool = False
     needed_by: int = 0
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _ChildWait:
+    """A task blocked in ``ctx.wait`` or ``ctx.as_completed`` (``any_of``) on other tasks."""
+
+    worker: WorkerHandle
+    call_id: int
+    ids: list[str]
+    any_of: bool
+    answered: bool = False
+
+
+def _result_fields(record: TaskRecord) -> dict[str, Any]:
+    """A final result as a worker's ``ctx.wait`` receives it."""
+    result = record.result
+    assert result is not None
+    return {
+        "task_id": result.task_id,
+        "status": result.status.value,
+        "success": result.success,
+        "data": result.data,
+        "error": result.error.model_dump() if result.error else None,
+        "attempts": result.attempts,
+        "worker_pid": result.worker_pid,
+        "started_at": result.started_at.timestamp() if result.started_at else None,
+        "finished_at": result.finished_at.timestamp() if result.finished_at else None,
+        "duration_s": result.duration_s,
+        "parent": result.parent,
+    }
+
+
+_EPOCH: Final = datetime.fromtimestamp(0, tz=UTC)
 
 
 def _delayed(record: TaskRecord, now_mono: float, now_wall: float) -> bool:
@@ -165,6 +205,7 @@ class Supervisor:
         blocks: BlockWriter | None = None,
         journal: Journal | None = None,
         admit: Callable[[TaskSpec, float], TaskRecord] | None = None,
+        admit_child: Callable[[dict[str, Any], TaskRecord, bool], TaskRecord] | None = None,
     ) -> None:
         self._config = config
         self._tasks = tasks
@@ -210,6 +251,10 @@ class Supervisor:
         self._admit = admit
         self._schedule_timer: Timer | None = None
         self.schedules = ScheduleRunner(self, _clocks)
+        self._admit_child = admit_child
+        self.broker = Broker(bus, blocks, config.max_pending_messages)
+        self._child_waits: dict[str, list[_ChildWait]] = {}
+        self._released = 0
         self.thread = threading.Thread(target=self._run, name=f"orch-supervisor-{config.name}", daemon=True)
 
     # ----------------------------------------------------------------- commands (any thread)
@@ -372,6 +417,7 @@ class Supervisor:
                 type=record.spec.type,
                 priority=record.spec.priority,
                 recovered=record.recovered,
+                parent=record.parent,
             )
             self._bus.post(record.task_id, call_each, listeners, event, "task_queued")
 
@@ -434,7 +480,14 @@ class Supervisor:
                     self._fail(record, "dependency_failed", str(exc))
                     return None
         return protocol.RunTask(
-            record.task_id, spec.type, record.handler, spec.description, config, deps, record.attempts + 1
+            record.task_id,
+            spec.type,
+            record.handler,
+            spec.description,
+            config,
+            deps,
+            record.attempts + 1,
+            spec.group,
         )
 
     def _substituted_config(
@@ -456,7 +509,7 @@ class Supervisor:
             fits = [w for w in self._workers.values() if w.type == wanted and w.has_room()]
             if fits:
                 return max(fits, key=lambda w: w.last_active)
-        if len(self._workers) < self._config.max_workers:
+        if sum(not w.lent_out for w in self._workers.values()) < self._config.max_workers:
             return self._spawn_worker()
         ahead = [w for w in self._workers.values() if w.type == task_type and w.can_prefetch()]
         if ahead:
@@ -563,6 +616,14 @@ class Supervisor:
             self._on_hello(worker)
         elif isinstance(msg, protocol.Revoked):
             self._on_revoked(worker, msg.task_id)
+        elif isinstance(msg, protocol.Publish):
+            self._on_publish(worker, msg)
+        elif isinstance(msg, protocol.Call):
+            self._on_call(worker, msg)
+        elif isinstance(msg, protocol.Waiting):
+            self._on_waiting(worker, msg)
+        elif isinstance(msg, protocol.Received):
+            self.broker.received(worker, msg.sub_id, msg.message_id)
 
     def _on_hello(self, worker: WorkerHandle) -> None:
         self._start_failures = 0
@@ -584,6 +645,7 @@ class Supervisor:
         return record
 
     def _on_started(self, worker: WorkerHandle, task_id: str, concurrent: bool) -> None:
+        worker.concurrent = concurrent
         if concurrent:
             worker.slots = self._config.worker_concurrency.get(worker.type or "", 1)
         else:
@@ -619,6 +681,7 @@ class Supervisor:
                 worker_id=worker.worker_id,
                 pid=worker.pid,
                 attempt=record.attempts,
+                parent=record.parent,
             )
             self._bus.post(task_id, call_each, listeners, event, "task_started")
 
@@ -698,7 +761,10 @@ class Supervisor:
     def _make_idle(self, worker: WorkerHandle) -> None:
         Timers.cancel(worker.timer)
         worker.state = "idle"
-        if self._closing:
+        working = [w for w in self._workers.values() if w.exit_reason is None and not w.lent_out]
+        if len(working) > self._config.max_workers:
+            self._retire(worker, "surplus")  # spawned while another waited; that one goes on now
+        elif self._closing:
             self._retire_unneeded_workers()
         elif self._config.enable_auto_scaling:
             worker.timer = self._timers.schedule(
@@ -743,6 +809,7 @@ class Supervisor:
         record.status = TaskStatus.QUEUED
         if self._journal is not None:
             self._journal.requeued(record.task_id, record.attempts)
+        self._end_attempt(record, kind)
         if retry_after is not None:
             delay = max(0.0, retry_after)
         else:
@@ -772,6 +839,8 @@ class Supervisor:
         if record.in_ready:
             record.in_ready = False
             self._ready.remove(record.task_id)
+        if record.released:
+            self._reclaim(record)
         if record.worker is not None:
             record.worker = None
             self._running_by_type[record.spec.type] -= 1
@@ -788,6 +857,8 @@ class Supervisor:
         self._counts[record.status] -= 1
         self._counts[status] += 1
         self._recent_finishes.append(time.monotonic())
+        failure = None if status is TaskStatus.COMPLETED else (error.kind if error else status.value)
+        self._end_attempt(record, failure)
         self._detach(record)
         for name in record.blocks:
             unlink_block(name)
@@ -805,6 +876,7 @@ class Supervisor:
             started_at=_utc(started),
             finished_at=_utc(finished),
             duration_s=None if started is None else finished - started,
+            parent=record.parent,
         )
         record.status = status
         record.result = result
@@ -1194,6 +1266,142 @@ class Supervisor:
             )
 
     # ----------------------------------------------------------------- shutdown
+
+    # ----------------------------------------------------------------- tasks that talk
+
+    def _on_publish(self, worker: WorkerHandle, msg: protocol.Publish) -> None:
+        record = self._active_record(worker, msg.task_id)
+        try:
+            data = protocol.unpack_payload(msg.data, self._block_reader)
+        except protocol.PayloadError as exc:
+            logger.warning("task %s published on %r data that %s", msg.task_id, msg.topic, exc)
+            return
+        if record is not None:
+            self.broker.publish(msg.topic, data, msg.task_id)
+
+    def _on_call(self, worker: WorkerHandle, msg: protocol.Call) -> None:
+        record = self._active_record(worker, msg.task_id)
+        if record is None:
+            return  # the task ended meanwhile; its worker stopped waiting for an answer
+        try:
+            args = protocol.unpack_payload(msg.args)
+            if msg.op == "subscribe":
+                sub_id, topic = args
+                self.broker.subscribe_worker(worker, record.task_id, sub_id, topic)
+                self._reply(worker, msg.call_id, self.broker.limit)
+            elif msg.op == "unsubscribe":
+                self.broker.unsubscribe_worker(record.task_id, args)
+            elif msg.op == "submit":
+                self._submit_child(worker, msg.call_id, record, args["spec"], args["detached"])
+            elif msg.op == "wait":
+                self._wait_for_children(worker, msg.call_id, record, args["ids"], args["any"])
+            elif msg.op == "forget":
+                waits = self._child_waits.get(record.task_id, [])
+                self._child_waits[record.task_id] = [w for w in waits if w.call_id != args]
+            else:
+                raise ValueError(f"unknown request {msg.op!r}")
+        except (protocol.PayloadError, ValueError, KeyError, TypeError) as exc:
+            self._reply(worker, msg.call_id, error=exc)
+
+    def _reply(
+        self, worker: WorkerHandle, call_id: int, value: Any = None, error: BaseException | None = None
+    ) -> None:
+        if not call_id:
+            return
+        if error is None:
+            worker.send(protocol.Reply(call_id, "", "", protocol.pack_payload(value)))
+        else:
+            message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+            worker.send(protocol.Reply(call_id, type(error).__name__, message, b""))
+
+    def _submit_child(
+        self, worker: WorkerHandle, call_id: int, parent: TaskRecord, spec: dict[str, Any], detached: bool
+    ) -> None:
+        assert self._admit_child is not None
+        try:
+            child = self._admit_child(spec, parent, detached)
+        except OrchestratorError as exc:
+            self._reply(worker, call_id, error=exc)
+            return
+        if not detached:
+            parent.children.append(child.task_id)
+        self._accept_one(child)
+        self._reply(worker, call_id, child.task_id)
+
+    def _wait_for_children(
+        self, worker: WorkerHandle, call_id: int, waiter: TaskRecord, ids: list[str], any_of: bool
+    ) -> None:
+        unknown = [task_id for task_id in ids if task_id not in self._tasks]
+        if unknown:
+            raise KeyError(f"unknown task id {unknown[0]!r} (never issued, or its result was evicted)")
+        wait = _ChildWait(worker, call_id, ids, any_of)
+        if not self._answer_if_ready(wait):
+            self._child_waits.setdefault(waiter.task_id, []).append(wait)
+            for task_id in ids:
+                self._tasks[task_id].waiters.append(functools.partial(self._on_child_final, wait))
+
+    def _on_child_final(self, wait: _ChildWait, result: TaskResult) -> None:
+        self._answer_if_ready(wait)
+
+    def _answer_if_ready(self, wait: _ChildWait) -> bool:
+        """Answer a wait whose tasks are final (any one of them, for as_completed); True if answered."""
+        if wait.answered:
+            return True
+        final = [self._tasks[t] for t in wait.ids if t in self._tasks and self._tasks[t].result is not None]
+        if not final or (not wait.any_of and len(final) < len(wait.ids)):
+            return False
+        wait.answered = True
+        if wait.any_of:
+            final.sort(key=lambda r: r.result.finished_at if r.result and r.result.finished_at else _EPOCH)
+        self._reply(wait.worker, wait.call_id, [_result_fields(r) for r in final])
+        return True
+
+    def _on_waiting(self, worker: WorkerHandle, msg: protocol.Waiting) -> None:
+        record = self._active_record(worker, msg.task_id)
+        if record is None or record.status is not TaskStatus.RUNNING:
+            return
+        if not msg.waiting:
+            if record.released:
+                self._reclaim(record)
+            return
+        limit = self._config.max_waiting_tasks
+        limit = self._config.max_workers if limit is None else limit
+        if record.released or self._released >= limit:
+            return  # beyond max_waiting_tasks a waiting task keeps its slot
+        record.released = True
+        self._released += 1
+        worker.released += 1
+        self._running_by_type[record.spec.type] -= 1
+        if worker.released == len(worker.tasks):
+            worker.state = "waiting"
+
+    def _reclaim(self, record: TaskRecord) -> None:
+        """A waiting task goes on: it takes its slot back, even above the limits (they recover)."""
+        worker = record.worker
+        assert worker is not None
+        record.released = False
+        self._released -= 1
+        worker.released -= 1
+        self._running_by_type[record.spec.type] += 1
+        if worker.state == "waiting":
+            worker.state = "busy"
+
+    def _end_attempt(self, record: TaskRecord, failure: str | None) -> None:
+        """An attempt is over: close its subscriptions and waits; on a failure, cancel its children."""
+        self.broker.end_task(record.task_id)
+        for wait in self._child_waits.pop(record.task_id, []):
+            wait.answered = True
+        children, record.children = record.children, []
+        if failure is None:
+            return
+        for child_id in children:
+            child = self._tasks.get(child_id)
+            if child is not None and child.result is None:
+                self.cancel(child, f"cancelled: its parent {record.task_id} ended ({failure})")
+
+    def publish(self, topic: str, data: Any) -> None:
+        """The host publishes (``data`` already round-tripped through msgpack)."""
+        self.broker.publish(topic, data, None)
 
     # ----------------------------------------------------------------- schedules (the runner's host)
 

@@ -41,6 +41,8 @@ _ERRORS: dict[str, type[Exception]] = {
     "InvalidTaskError": ValueError,
     "ValueError": ValueError,
     "KeyError": KeyError,
+    "TaskNotFoundError": KeyError,
+    "GroupNotFoundError": KeyError,
     "TypeError": TypeError,
 }
 
@@ -186,7 +188,7 @@ class Link:
         """Put a message in its subscription's buffer, copied out of its block if it has one."""
         if msg.message_id:
             data = protocol.unpack_payload(msg.data, BlockReader(copy=True, unlink=False))
-            self._send(protocol.Received(msg.message_id))
+            self._send(protocol.Received(msg.sub_id, msg.message_id))
         else:
             data = protocol.unpack_payload(msg.data)
         with self._lock:

@@ -267,9 +267,10 @@ class Waiting:
 
 @dataclass(slots=True)
 class Received:
-    """Worker -> host: the worker copied out the blocks of a delivered message."""
+    """Worker -> host: a subscription copied out the blocks of a delivered message."""
 
     TAG: ClassVar[int] = 20
+    sub_id: int
     message_id: int
 
 
