@@ -83,7 +83,9 @@ class WorkerHandle:
 
     def can_prefetch(self) -> bool:
         """True while the worker may hold one more task queued behind its running ones."""
-        return self._occupied() < self.slots + self.prefetch and self.exit_reason is None
+        return (
+            self._occupied() < self.slots + self.prefetch and self.exit_reason is None and not self.lent_out
+        )
 
     @property
     def lent_out(self) -> bool:

@@ -1374,6 +1374,11 @@ class Supervisor:
         self._running_by_type[record.spec.type] -= 1
         if worker.released == len(worker.tasks):
             worker.state = "waiting"
+        if worker.lent_out:
+            for queued in self._open_records(worker):
+                if _prefetched(queued):
+                    queued.revoking = True  # it would wait behind a task that waits: run it elsewhere
+                    worker.send(protocol.Revoke(queued.task_id))
 
     def _reclaim(self, record: TaskRecord) -> None:
         """A waiting task goes on: it takes its slot back, even above the limits (they recover)."""

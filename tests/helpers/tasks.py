@@ -46,6 +46,22 @@ HANDLERS = {
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
+HANDLERS.update(
+    {
+        name: f"tests.helpers.talk:{name}"
+        for name in (
+            "listener",
+            "talker",
+            "backlog",
+            "misuse",
+            "coordinator",
+            "async_coordinator",
+            "parent",
+            "member",
+            "judge",
+        )
+    }
+)
 
 
 def echo(ctx: TaskContext) -> Any:
