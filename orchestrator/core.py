@@ -492,10 +492,18 @@ class ParallelOrchestrator:
         to_run: list[TaskRecord] = []
         final: list[TaskRecord] = []
         highest = 0
+        # Tasks whose attempt the crash cut short: their attached children go with them.
+        interrupted: set[str] = set()
         for row in journal.rows():
             highest = max(highest, row.seq)
             record = self._restore(row)
             self._tasks[record.task_id] = record
+            if row.status == "running":
+                interrupted.add(record.task_id)
+            if record.result is None and record.parent in interrupted and not record.detached:
+                message = f"its parent {record.parent} was interrupted by the host's crash"
+                self._end_recovered(record, "interrupted", message, TaskStatus.CANCELLED)
+                interrupted.add(record.task_id)
             if row.status in ("queued", "running"):
                 self._recovered.append(record.task_id)
             (to_run if record.result is None else final).append(record)
@@ -514,6 +522,7 @@ class ParallelOrchestrator:
         record.recovered = True
         record.due = time.monotonic()
         record.run_at = row.not_before
+        record.parent, record.detached = row.parent, row.detached
         if row.result is not None:
             _set_final(record, restore_result(row.task_id, TaskStatus(row.status), row.attempts, row.result))
         elif not handler:
@@ -534,17 +543,20 @@ class ParallelOrchestrator:
             restored.append(Schedule.from_json(name, spec, state, now_mono, now_wall))
         return restored
 
-    def _end_recovered(self, record: TaskRecord, kind: str, message: str) -> None:
+    def _end_recovered(
+        self, record: TaskRecord, kind: str, message: str, status: TaskStatus = TaskStatus.ERROR
+    ) -> None:
         result = TaskResult(
             task_id=record.task_id,
-            status=TaskStatus.ERROR,
+            status=status,
             success=False,
             error=TaskError(kind=cast(ErrorKind, kind), message=message),
             attempts=record.attempts,
+            parent=record.parent,
         )
         _set_final(record, result)
         assert self._journal is not None
-        self._journal.finished(record.task_id, "error", record.attempts, journal_result(result))
+        self._journal.finished(record.task_id, status.value, record.attempts, journal_result(result))
 
     def _ensure_running(self) -> None:
         if self._state == "created":
@@ -969,6 +981,8 @@ def _journal_row(record: TaskRecord) -> tuple[Any, ...]:
         json.dumps(record.plan_refs) if record.plan_refs else None,
         now_wall,
         _not_before(record, now_wall),
+        record.parent,
+        record.detached,
     )
 
 

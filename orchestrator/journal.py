@@ -32,7 +32,7 @@ _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
 _INSERT: Final = (
     "INSERT INTO tasks (task_id, seq, spec, config, handler, plan, plan_refs, status, submitted_at, "
-    "not_before) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)"
+    "not_before, parent, detached) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
 )
 # The supervisor checkpoints the WAL itself, every so many group commits, so that no submitter
 # pays for a checkpoint inside submit_task.
@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0,
     result BLOB,
     submitted_at REAL NOT NULL,
-    not_before REAL
+    not_before REAL,
+    parent TEXT,
+    detached INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS schedules (
     name TEXT PRIMARY KEY,
@@ -73,7 +75,10 @@ _MIGRATE_FROM_1: Final = (
     "UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;"
 )
 _VERSION: Final = "SELECT value FROM meta WHERE key = 'schema_version'"
-_COLUMNS: Final = "task_id, seq, spec, config, handler, plan, plan_refs, status, attempts, result, not_before"
+_COLUMNS: Final = (
+    "task_id, seq, spec, config, handler, plan, plan_refs, status, attempts, result, not_before, parent, "
+    "detached"
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class JournalRow:
     attempts: int
     result: bytes | None
     not_before: float | None
+    parent: str | None
+    detached: bool
 
 
 class Journal:
@@ -247,7 +254,8 @@ def _seq_of(task_id: str) -> int:
 
 def _row(r: tuple[Any, ...]) -> JournalRow:
     refs = json.loads(r[6]) if r[6] else None
-    return JournalRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], refs, r[7], r[8], r[9], r[10])
+    spec = json.loads(r[2])
+    return JournalRow(r[0], r[1], spec, r[3], r[4], r[5], refs, r[7], r[8], r[9], r[10], r[11], bool(r[12]))
 
 
 def _refuse_foreign(path: Path) -> None:
@@ -300,6 +308,7 @@ def journal_result(result: TaskResult) -> bytes:
             "started_at": result.started_at.timestamp() if result.started_at else None,
             "finished_at": result.finished_at.timestamp() if result.finished_at else None,
             "duration_s": result.duration_s,
+            "parent": result.parent,
         }
     )
 
@@ -318,6 +327,7 @@ def restore_result(task_id: str, status: TaskStatus, attempts: int, stored: byte
         started_at=_utc(fields["started_at"]),
         finished_at=_utc(fields["finished_at"]),
         duration_s=fields["duration_s"],
+        parent=fields.get("parent"),
     )
 
 

@@ -149,3 +149,23 @@ def judge(ctx: TaskContext) -> Any:
 def _until_go(subscription: workers.Subscription) -> None:
     while subscription.receive(timeout=RECEIVE_TIMEOUT).data["kind"] != "go":
         pass
+
+
+async def async_listener(ctx: TaskContext) -> Any:
+    """listener for async handlers: ``async for`` over ctx.subscribe_async."""
+    subscription = ctx.subscribe_async(ctx.config["topic"])
+    ctx.publish(ctx.config["ready"], ctx.task_id)
+    got = []
+    async for message in subscription:
+        got.append(message.data)
+        if len(got) == ctx.config["count"]:
+            break
+    subscription.close()
+    return got
+
+
+def waiter(ctx: TaskContext) -> Any:
+    """Submit a long child, say so on 'waiting', and wait for it (until cancelled)."""
+    child = ctx.submit({"type": "sleep", "config": {"seconds": 120}})
+    ctx.publish("waiting", child)
+    return ctx.wait([child])

@@ -59,6 +59,8 @@ HANDLERS.update(
             "parent",
             "member",
             "judge",
+            "async_listener",
+            "waiter",
         )
     }
 )

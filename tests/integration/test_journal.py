@@ -275,3 +275,45 @@ def test_every_returned_submit_survives_a_kill_mid_burst(make_orch, tmp_path: Pa
     known = set(orch.recovered_tasks())
     assert all(task_id in known or orch.get_result(task_id) is not None for task_id in returned)
     orch.shutdown(cancel_pending=True)
+
+
+PARENT_HOST = """
+import sys, time
+sys.path.insert(0, {root!r})
+from orchestrator import ParallelOrchestrator
+from tests.helpers.tasks import HANDLERS
+
+if __name__ == "__main__":
+    orch = ParallelOrchestrator(max_workers=1, handlers=HANDLERS, journal_path={journal!r}, control_socket=False)
+    children = []
+    orch.on("task_queued", lambda event: event.parent and children.append(event.task_id))
+    detached = {{"type": "echo", "config": {{"detached": True}}}}
+    parent = orch.submit_task({{"type": "parent", "config": {{"end": "hang", "detached": detached}}}})
+    while len(children) < 2:
+        time.sleep(0.01)
+    orch._journal.flush()  # what the supervisor's next wake-up would commit anyway
+    print(parent, *children, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_recovered_parents_earlier_children_end_interrupted(make_orch, tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.db")
+    script = tmp_path / "host.py"
+    script.write_text(textwrap.dedent(PARENT_HOST.format(root=str(ROOT), journal=journal)))
+    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        parent, attached, detached = host.stdout.readline().split()
+    finally:
+        host.kill()
+        host.wait()
+        host.stdout.close()
+    orch = make_orch(max_workers=2, journal_path=journal, handlers=HANDLERS)
+    assert orch.recovered_tasks() == [parent, attached, detached]
+    child = orch.wait(attached, DEADLOCK_TIMEOUT)
+    assert child.status is TaskStatus.CANCELLED
+    assert child.error.kind == "interrupted"
+    assert parent in child.error.message
+    assert child.parent == parent
+    assert orch.wait(detached, DEADLOCK_TIMEOUT).data["config"] == {"detached": True}
+    assert orch.cancel(parent)  # it runs again (and would hang again)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -246,3 +247,55 @@ def test_a_team_of_three_and_a_judge_over_three_rounds(make_orch, workers: int) 
     # took in the others' findings of every round.
     assert findings == [63, 63, 63]
     assert last_round == [21, 21, 21]
+
+
+def test_an_async_handler_iterates_its_subscription(make_orch) -> None:
+    orch = make_orch()
+    ready = Inbox()
+    orch.subscribe("ready", ready)
+    config = {"topic": "a", "ready": "ready", "count": 3}
+    task_id = orch.submit_task({"type": "async_listener", "config": config})
+    ready.wait_for(1)
+    for n in range(3):
+        orch.publish("a", n)
+    assert orch.wait(task_id, DEADLOCK_TIMEOUT).data == [0, 1, 2]
+
+
+def until(predicate: Any) -> None:
+    """Poll a state no event reports (a worker's state), up to the deadlock timeout."""
+    deadline = time.monotonic() + DEADLOCK_TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_waiting_task_lends_its_worker_and_a_cancel_ends_the_wait_at_once(make_orch) -> None:
+    orch = make_orch(max_workers=1, timeout_grace=60.0)
+    told = Inbox()
+    orch.subscribe("waiting", told)
+    waiter = orch.submit_task({"type": "waiter"})
+    child = told.wait_for(1)[0].data
+    until(lambda: any(w.state == "waiting" and w.current_task == waiter for w in orch.get_workers()))
+    until(lambda: orch.get_task_status(child) is TaskStatus.RUNNING)  # on a second worker
+    pid = next(w.pid for w in orch.get_workers() if w.current_task == waiter)
+    assert orch.cancel(waiter)
+    result = orch.wait(waiter, DEADLOCK_TIMEOUT)  # far less than the 60 s grace: no kill needed
+    assert result.error.kind == "cancelled"
+    assert orch.wait(child, DEADLOCK_TIMEOUT).error.kind == "cancelled"
+    assert pid in [w.pid for w in orch.get_workers()]  # the worker survived: it was not killed
+
+
+def test_a_retried_parent_cancels_its_earlier_children_first(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=4)
+    orch.on("task_queued", recorder)
+    spec = {"type": "parent", "retries": 1, "retry_on_exception": True, "retry_backoff": 0.01,
+            "config": {"end": "fail", "detached": {"type": "echo"}}}  # fmt: skip
+    parent_id = orch.submit_task(spec)
+    assert orch.wait(parent_id, DEADLOCK_TIMEOUT).attempts == 2
+    first_attached, _, second_attached, _ = children_of(recorder, parent_id)
+    first = orch.wait(first_attached, DEADLOCK_TIMEOUT)
+    second_queued = next(e.timestamp for e in recorder.events if e.task_id == second_attached)
+    assert first.status is TaskStatus.CANCELLED
+    assert first.finished_at is not None
+    assert first.finished_at <= second_queued
+    assert orch.wait(second_attached, DEADLOCK_TIMEOUT).status is TaskStatus.CANCELLED
