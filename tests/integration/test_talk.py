@@ -299,3 +299,13 @@ def test_a_retried_parent_cancels_its_earlier_children_first(make_orch, recorder
     assert first.finished_at is not None
     assert first.finished_at <= second_queued
     assert orch.wait(second_attached, DEADLOCK_TIMEOUT).status is TaskStatus.CANCELLED
+
+
+def test_the_readme_team_example_larger_than_its_pool(make_orch) -> None:
+    from examples.team import run_team as example_team
+
+    handlers = {"member": "examples.team:member", "judge": "examples.team:judge"}
+    orch = make_orch(max_workers=2, max_waiting_tasks=6, handlers=handlers)
+    findings, verdict = example_team(orch, size=5, rounds=2)
+    assert findings == [75] * 5  # seeds 1..5: 15 after round 0, 75 after round 1
+    assert verdict == [15] * 5
