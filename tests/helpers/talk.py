@@ -67,6 +67,7 @@ def misuse(ctx: TaskContext) -> Any:
         except (ValueError, TypeError, KeyError) as exc:
             outcomes[name] = f"{type(exc).__name__}: {exc}"
     outcomes["is_value_error"] = issubclass(workers.UnknownTaskTypeError, ValueError)
+    outcomes["group"] = ctx.group
     return outcomes
 
 

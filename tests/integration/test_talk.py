@@ -133,7 +133,8 @@ def test_a_subscriber_crash_does_not_stop_the_others(make_orch) -> None:
 
 def test_bad_submits_and_publishes_fail_in_the_caller(make_orch) -> None:
     orch = make_orch()
-    outcomes = orch.wait(orch.submit_task({"type": "misuse"}), DEADLOCK_TIMEOUT).data
+    outcomes = orch.wait(orch.submit_task({"type": "misuse", "group": "crew"}), DEADLOCK_TIMEOUT).data
+    assert outcomes["group"] == "crew"
     assert outcomes["unknown_type"].startswith("UnknownTaskTypeError: unknown task type 'no-such-type'")
     assert outcomes["invalid_spec"].startswith("ValueError")
     assert "priority" in outcomes["invalid_spec"]
