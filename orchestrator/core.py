@@ -754,7 +754,11 @@ class ParallelOrchestrator:
         if supervisor is None:
             return []
         rows = supervisor.call(supervisor.worker_rows)
-        return [WorkerInfo(**row, rss_bytes=_rss(row["pid"])) for row in rows]
+        infos = []
+        for row in rows:
+            local = row.pop("local")
+            infos.append(WorkerInfo(**row, rss_bytes=_rss(row["pid"]) if local else None))
+        return infos
 
     def get_status(self) -> OrchestratorStatus:
         """A snapshot of the pool, the queue and the task counts."""

@@ -99,9 +99,12 @@ WorkerState = Literal["starting", "idle", "busy", "waiting", "stopping"]
 
 
 class WorkerInfo(_Frozen):
-    """A snapshot of one worker process; ``type`` is None until it runs its first task."""
+    """A snapshot of one worker process; ``type`` is None until it runs its first task.
 
-    worker_id: int
+    On the Dask backend ``worker_id`` is ``"<dask worker address>/<n>"``.
+    """
+
+    worker_id: int | str
     pid: int | None
     type: str | None
     state: WorkerState

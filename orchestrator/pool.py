@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ import psutil
 
 from orchestrator.config import StartMethod
 from orchestrator.errors import OrchestratorError
+from orchestrator.limits import kill_process_tree
 from orchestrator.scheduler import Timer
 from workers import protocol
 from workers.runtime import worker_main
@@ -58,6 +60,11 @@ class WorkerHandle:
     concurrent: bool = False
     # Tasks of this worker blocked in a wait whose slot is lent to other work.
     released: int = 0
+    # The Dask worker whose node runs this process (None: a local worker); its display id.
+    node: str | None = None
+    label: str | None = None
+    # Whether the pid is one of this machine's (memory and CPU limits are measured through it).
+    local: bool = True
     tasks_completed: int = 0
     started_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.time)
@@ -140,7 +147,7 @@ class WorkerPool:
             # runs first): a tracker of their own would unlink the host's blocks when they exit.
             resource_tracker.ensure_running()
 
-    def spawn(self, worker_id: int) -> WorkerHandle:
+    def spawn(self, worker_id: int, task_type: str | None = None) -> WorkerHandle | None:
         """Start one worker process; it says Hello on its pipe once it is ready for tasks."""
         host_end, worker_end = self._context.Pipe(duplex=True)
         # Under fork the child inherits the host's end of its own pipe; it closes it by number.
@@ -160,7 +167,21 @@ class WorkerPool:
         """The orchestrator's part of the names of its shared-memory blocks."""
         return self._block_namespace
 
-    def close(self) -> None:
+    @staticmethod
+    def may_run(worker: WorkerHandle, task_type: str) -> bool:
+        """Whether ``worker`` may take a task of ``task_type`` (locally, any worker may)."""
+        return True
+
+    @staticmethod
+    def kill(worker: WorkerHandle, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal the worker's whole process tree."""
+        kill_process_tree(worker.pid, sig)
+
+    @staticmethod
+    def connection_lost(worker: WorkerHandle) -> None:
+        """The worker's pipe hit EOF (a local process's sentinel reports its death by itself)."""
+
+    def close(self, wait: bool = True) -> None:
         """Release this pool's share of the multiprocessing helpers (see `_HelperLease`)."""
         if self._leased:
             self._leased = False
@@ -172,8 +193,6 @@ def exit_reason_of(exitcode: int | None) -> str:
     if exitcode is None:
         return "still running"
     if exitcode < 0:
-        import signal
-
         try:
             return signal.Signals(-exitcode).name
         except ValueError:

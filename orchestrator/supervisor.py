@@ -40,7 +40,7 @@ from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError, Orc
 from orchestrator.events import Callback, EventBus, call_each
 from orchestrator.graph import Collection, TaskGraph, status_counts
 from orchestrator.journal import Journal, journal_result
-from orchestrator.limits import cpu_seconds, kill_process_tree, tree_rss
+from orchestrator.limits import cpu_seconds, tree_rss
 from orchestrator.messaging import Broker
 from orchestrator.models import (
     CollectionCompletedEvent,
@@ -505,12 +505,19 @@ class Supervisor:
         """Where the task goes: a worker of its type that starts it at once (the most recently
         active), an untyped one, a new one, then the least loaded one of its type that can hold it
         queued (prefetch); else none, and an idle worker of another type is retired for room."""
+        pool = self._pool
         for wanted in (task_type, None):
-            fits = [w for w in self._workers.values() if w.type == wanted and w.has_room()]
+            fits = [
+                w
+                for w in self._workers.values()
+                if w.type == wanted and w.has_room() and pool.may_run(w, task_type)
+            ]
             if fits:
                 return max(fits, key=lambda w: w.last_active)
         if sum(not w.lent_out for w in self._workers.values()) < self._config.max_workers:
-            return self._spawn_worker()
+            spawned = self._spawn_worker(task_type)
+            if spawned is not None:
+                return spawned
         ahead = [w for w in self._workers.values() if w.type == task_type and w.can_prefetch()]
         if ahead:
             return min(ahead, key=lambda w: len(w.tasks))
@@ -599,6 +606,7 @@ class Supervisor:
                 self._handle_message(worker, protocol.decode(conn.recv_bytes()))
         except (EOFError, OSError):
             self._unwatch(conn.fileno())
+            self._pool.connection_lost(worker)
         except protocol.ProtocolError:
             logger.exception("worker %d sent an undecodable frame; killing it", worker.worker_id)
             self._kill(worker, "crashed")
@@ -668,7 +676,7 @@ class Supervisor:
             record.timer = self._timers.schedule(
                 time.monotonic() + timeout, self._on_timeout, record, timeout
             )
-        if self._config.max_cpu_seconds is not None and worker.slots == 1:
+        if self._config.max_cpu_seconds is not None and worker.slots == 1 and worker.local:
             record.cpu_at_start = cpu_seconds(worker.pid)
         self._watch_resources()
         listeners = self._bus.listeners("task_started")
@@ -1100,15 +1108,17 @@ class Supervisor:
             Timers.cancel(worker.timer)
             worker.state = "stopping"
             worker.exit_reason = reason
-            kill_process_tree(worker.pid, signal.SIGTERM)
+            self._pool.kill(worker, signal.SIGTERM)
             worker.timer = self._timers.schedule(
                 time.monotonic() + TERMINATE_GRACE, self._kill, worker, reason
             )
 
     # ----------------------------------------------------------------- worker lifecycle
 
-    def _spawn_worker(self) -> WorkerHandle:
-        worker = self._pool.spawn(self._next_worker_id)
+    def _spawn_worker(self, task_type: str | None = None) -> WorkerHandle | None:
+        worker = self._pool.spawn(self._next_worker_id, task_type)
+        if worker is None:
+            return None  # no process free on a node that offers the type (Dask backend)
         self._next_worker_id += 1
         self._workers[worker.worker_id] = worker
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
@@ -1131,8 +1141,9 @@ class Supervisor:
             not self._closing
             and sum(w.exit_reason is None for w in self._workers.values()) < floor
             and self._start_failures < MAX_START_FAILURES
+            and self._spawn_worker() is not None
         ):
-            self._spawn_worker()
+            pass
 
     def _retire(self, worker: WorkerHandle, reason: str) -> None:
         """Ask a worker without a task to exit; it is killed if it has not after STOP_TIMEOUT."""
@@ -1148,7 +1159,7 @@ class Supervisor:
             return
         worker.state = "stopping"
         worker.exit_reason = reason
-        kill_process_tree(worker.pid)
+        self._pool.kill(worker)
         logger.debug("killed worker %d (%s)", worker.worker_id, reason)
 
     def _unwatch(self, fd: int) -> None:
@@ -1245,7 +1256,7 @@ class Supervisor:
     def _over_memory(self, worker: WorkerHandle, running: list[TaskRecord]) -> bool:
         """Past max_memory_mb, every task on the worker fails with memory_limit and it is killed."""
         limit = self._config.max_memory_mb
-        rss = tree_rss(worker.pid) if limit is not None else None
+        rss = tree_rss(worker.pid) if limit is not None and worker.local else None
         if limit is None or rss is None or rss <= limit * 2**20:
             return False
         message = f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}"
@@ -1521,7 +1532,7 @@ class Supervisor:
             except Exception:
                 logger.exception("command left at shutdown failed")
         for worker in list(self._workers.values()):
-            kill_process_tree(worker.pid)
+            self._pool.kill(worker)
             worker.process.join(STOP_TIMEOUT)
             worker.conn.close()
         self._workers.clear()
@@ -1568,8 +1579,9 @@ class Supervisor:
         """The fields of every worker (without RSS, which the caller measures off this thread)."""
         return [
             {
-                "worker_id": w.worker_id,
+                "worker_id": w.label or w.worker_id,
                 "pid": w.pid,
+                "local": w.local,
                 "type": w.type,
                 "state": w.state,
                 "current_task": w.current_task,
