@@ -74,6 +74,14 @@ class OrchestratorConfig(BaseModel):
     max_waiting_tasks: int | None = Field(
         None, ge=0, description="tasks blocked in a wait that lend out their slot (None: max_workers; 0: off)"
     )
+    backend: Literal["local", "dask"] = Field(
+        "local", description="where workers run: local processes, or processes on a Dask cluster"
+    )
+    dask_address: str | None = Field(
+        None, description="a Dask scheduler (tcp://host:8786); None starts a local cluster"
+    )
+    dask_connect_timeout: float = Field(10.0, gt=0, description="seconds to reach the Dask cluster")
+    dask_dashboard: bool = Field(False, description="serve the local cluster's dashboard (127.0.0.1)")
     name: str = "default"
 
     @field_validator("handlers")

@@ -52,7 +52,7 @@ from orchestrator.models import (
     WorkerInfo,
 )
 from orchestrator.plans import PlanError, references, validate_plan
-from orchestrator.pool import WorkerPool
+from orchestrator.pool import ProcessPool, WorkerPool
 from orchestrator.scheduler import QueueSlots
 from orchestrator.schedules import Schedule, ScheduleRunner, aware_timestamp, delayed_until, interval_seconds
 from orchestrator.supervisor import Supervisor, TaskRecord
@@ -86,7 +86,8 @@ class ParallelOrchestrator:
         self._plan_seq = itertools.count(1)
         self._issued = 0
         self._queue_slots = QueueSlots(self.config.task_queue_size)
-        threshold = self.config.shm_threshold
+        # Shared memory does not reach other machines: on Dask every payload travels inline.
+        threshold = self.config.shm_threshold if self.config.backend == "local" else None
         self._block_namespace = f"{os.getpid()}{self._instance}"
         self._blocks = BlockWriter(block_prefix(self._block_namespace), threshold) if threshold else None
         self._bus = EventBus(self.config.name)
@@ -94,6 +95,8 @@ class ParallelOrchestrator:
         self._control: ControlServer | None = None
         self._journal: Journal | None = None
         self._recovered: list[str] = []
+        # On Dask: the task types some node of the cluster offers now.
+        self._offered_types: Callable[[], set[str]] | None = None
         self._state: _State = "created"
         self._lifecycle_lock = threading.Lock()
         if self.config.enable_logging:
@@ -118,10 +121,7 @@ class ParallelOrchestrator:
                 if self.config.control_socket:
                     self._control = ControlServer(self)
                     self._control.start()
-                private = (journal.lock_fd,) if journal is not None else ()
-                pool = WorkerPool(
-                    self.config.start_method, self.config.shm_threshold, self._block_namespace, private
-                )
+                pool, supervisor_config = self._start_pool(journal)
             except OrchestratorError:
                 self._close_control()
                 if journal is not None:
@@ -130,7 +130,7 @@ class ParallelOrchestrator:
             self._journal = journal
             recovered, final = self._recover(journal) if journal is not None else ([], [])
             self._supervisor = Supervisor(
-                self.config,
+                supervisor_config,
                 self._tasks,
                 self._queue_slots,
                 self._bus,
@@ -151,6 +151,20 @@ class ParallelOrchestrator:
             self._state = "running"
             _live.add(self)
         logger.info("orchestrator %r started (max_workers=%d)", self.config.name, self.config.max_workers)
+
+    def _start_pool(self, journal: Journal | None) -> tuple[ProcessPool, OrchestratorConfig]:
+        """The local process pool, or one on a Dask cluster sized by the cluster's threads."""
+        config = self.config
+        if config.backend == "local":
+            private = (journal.lock_fd,) if journal is not None else ()
+            pool = WorkerPool(config.start_method, config.shm_threshold, self._block_namespace, private)
+            return pool, config
+        from orchestrator.dask_backend import DaskPool
+
+        dask_pool = DaskPool(config, sorted(self._handlers), self._block_namespace)
+        self._offered_types = dask_pool.offered_types
+        threads = dask_pool.capacity()
+        return dask_pool, config.model_copy(update={"max_workers": threads, "min_workers": threads})
 
     def shutdown(
         self,
@@ -330,6 +344,11 @@ class ParallelOrchestrator:
             raise UnknownTaskTypeError(
                 f"unknown task type {task_type!r}; known types: {known} "
                 "(register more with OrchestratorConfig(handlers={name: 'module:function'}))"
+            )
+        if self._offered_types is not None and task_type not in self._offered_types():
+            raise UnknownTaskTypeError(
+                f"no Dask worker offers the task type {task_type!r} now; start workers with "
+                f'--resources "{task_type}=N"'
             )
         return handler
 

@@ -15,11 +15,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import psutil
 
@@ -65,6 +66,8 @@ class WorkerHandle:
     label: str | None = None
     # Whether the pid is one of this machine's (memory and CPU limits are measured through it).
     local: bool = True
+    # The task types this worker's node offers (None: every type).
+    offers: frozenset[str] | None = None
     tasks_completed: int = 0
     started_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.time)
@@ -123,6 +126,27 @@ class WorkerHandle:
         return True
 
 
+class ProcessPool(Protocol):
+    """What the supervisor needs of a pool: `WorkerPool` here, `DaskPool` on a Dask cluster."""
+
+    on_arrival: Callable[[], None] | None
+
+    def spawn(self, worker_id: int, task_type: str | None = None) -> WorkerHandle | None: ...
+
+    def may_run(self, worker: WorkerHandle, task_type: str) -> bool: ...
+
+    def kill(self, worker: WorkerHandle, sig: signal.Signals = signal.SIGKILL) -> None: ...
+
+    def connection_lost(self, worker: WorkerHandle) -> None: ...
+
+    def release(self, worker: WorkerHandle) -> None: ...
+
+    @property
+    def block_namespace(self) -> str: ...
+
+    def close(self, wait: bool = True) -> None: ...
+
+
 class WorkerPool:
     """Starts worker processes with the configured start method and kills them when told."""
 
@@ -141,6 +165,8 @@ class WorkerPool:
         self._private_fds = private_fds
         self._context: Any = multiprocessing.get_context(start_method)
         self._leased = True
+        # Called when new capacity arrives on its own (never here: local workers are spawned).
+        self.on_arrival: Callable[[], None] | None = None
         _helper_lease.acquire()
         if shm_threshold is not None:
             # Workers must share the host's resource tracker (fork children inherit it only if it
@@ -180,6 +206,11 @@ class WorkerPool:
     @staticmethod
     def connection_lost(worker: WorkerHandle) -> None:
         """The worker's pipe hit EOF (a local process's sentinel reports its death by itself)."""
+
+    @staticmethod
+    def release(worker: WorkerHandle) -> None:
+        """Free what the host holds for a reaped worker."""
+        worker.conn.close()
 
     def close(self, wait: bool = True) -> None:
         """Release this pool's share of the multiprocessing helpers (see `_HelperLease`)."""

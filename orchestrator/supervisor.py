@@ -62,7 +62,7 @@ from orchestrator.models import (
     WorkerSpawnedEvent,
 )
 from orchestrator.plans import PlanError, substitute
-from orchestrator.pool import WorkerHandle, WorkerPool, exit_reason_of
+from orchestrator.pool import ProcessPool, WorkerHandle, exit_reason_of
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
 from workers import protocol
@@ -201,7 +201,7 @@ class Supervisor:
         tasks: dict[str, TaskRecord],
         queue_slots: QueueSlots,
         bus: EventBus,
-        pool: WorkerPool,
+        pool: ProcessPool,
         blocks: BlockWriter | None = None,
         journal: Journal | None = None,
         admit: Callable[[TaskSpec, float], TaskRecord] | None = None,
@@ -251,6 +251,7 @@ class Supervisor:
         self._admit = admit
         self._schedule_timer: Timer | None = None
         self.schedules = ScheduleRunner(self, _clocks)
+        pool.on_arrival = self._wake
         self._admit_child = admit_child
         self.broker = Broker(bus, blocks, config.max_pending_messages)
         self._child_waits: dict[str, list[_ChildWait]] = {}
@@ -270,6 +271,11 @@ class Supervisor:
                 self._wakeup_pending = True
                 with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
                     os.write(self._wakeup_w, b"\0")
+
+    def _wake(self) -> None:
+        """Have the loop look again (new capacity arrived from another thread)."""
+        with contextlib.suppress(OrchestratorClosedError):
+            self.post(self._replenish_workers)
 
     def call(self, function: Callable[[], T]) -> T:
         """Run ``function`` on the supervisor thread and return its result (inline once it exited)."""
@@ -1182,7 +1188,7 @@ class Supervisor:
         self._workers.pop(worker.worker_id, None)
         self._unwatch(worker.conn.fileno())
         self._unwatch(worker.sentinel)
-        worker.conn.close()
+        self._pool.release(worker)
         unlink_by_prefix(block_prefix(self._pool.block_namespace, worker.worker_id))
         never_started = worker.state == "starting"
         if never_started:
@@ -1213,7 +1219,9 @@ class Supervisor:
     def _fail_task_of_dead_worker(
         self, worker: WorkerHandle, reason: str, exitcode: int | None, never_started: bool
     ) -> None:
-        how = exit_reason_of(exitcode)
+        how = (
+            exit_reason_of(exitcode) if worker.node is None else f"connection lost; Dask worker {worker.node}"
+        )
         if never_started:
             message = (
                 f"worker pid {worker.pid} exited during start-up ({how}); see its stderr. "
@@ -1534,7 +1542,7 @@ class Supervisor:
         for worker in list(self._workers.values()):
             self._pool.kill(worker)
             worker.process.join(STOP_TIMEOUT)
-            worker.conn.close()
+            self._pool.release(worker)
         self._workers.clear()
         for record in list(self._tasks.values()):
             if record.result is None:

@@ -1,0 +1,290 @@
+"""The Dask backend: the supervisor's worker pool, with its processes on a Dask cluster's nodes.
+
+Dask places and keeps our processes, never our tasks: a `workers.remote.NodePlugin` on each Dask
+worker runs one of our worker processes per Dask thread, and each connects back here over an
+authenticated connection (`multiprocessing.connection`). The supervisor then drives them exactly
+like local workers, so priority stays exact (the supervisor picks every task; Dask holds no queue
+of ours), and timeouts, cancellation, retries, crash handling, progress and partial results work
+the same. A node's task types are its Dask resources; a local cluster offers every type.
+
+``distributed`` is an optional dependency, imported only here and on the nodes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Listener
+from typing import Any, Final
+
+import msgpack
+
+from orchestrator.config import OrchestratorConfig
+from orchestrator.errors import OrchestratorError
+from orchestrator.limits import kill_process_tree
+from orchestrator.pool import WorkerHandle
+
+logger = logging.getLogger(__name__)
+
+EXTRA_HELP: Final = "backend='dask' needs the distributed package: pip install 'parallel-orchestrator[dask]'"
+_LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
+OFFERED_TTL: Final = 1.0
+
+
+def import_distributed() -> Any:
+    """The ``distributed`` module, or an `OrchestratorError` naming the extra to install."""
+    try:
+        import distributed
+    except ImportError:
+        raise OrchestratorError(EXTRA_HELP) from None
+    return distributed
+
+
+@dataclass
+class _Arrival:
+    """A process that connected from a node and waits to be taken into the pool."""
+
+    conn: Connection
+    node: str
+    index: int
+    pid: int
+    resources: dict[str, float]
+
+
+class _RemoteProcess:
+    """What the supervisor needs of a process it did not start: a pid and a death sentinel.
+
+    The sentinel is a pipe that becomes readable when the connection to the process is lost,
+    which is how a node process's death shows on the host.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exitcode: int | None = None
+        self.sentinel, self._alive = os.pipe()
+
+    def mark_dead(self) -> None:
+        if self._alive >= 0:
+            os.close(self._alive)
+            self._alive = -1
+
+    def join(self, timeout: float | None = None) -> None:
+        """Nothing to wait for: the process belongs to its node."""
+
+    def close(self) -> None:
+        self.mark_dead()
+        with contextlib.suppress(OSError):
+            os.close(self.sentinel)
+
+
+class DaskPool:
+    """Worker processes on a Dask cluster (local or remote), connected back to this host."""
+
+    def __init__(self, config: OrchestratorConfig, types: list[str], block_namespace: str) -> None:
+        distributed = import_distributed()
+        self._config = config
+        self._types = types
+        self._block_namespace = block_namespace
+        self._cluster: Any = None
+        self._client: Any = None
+        self._arrivals: collections.deque[_Arrival] = collections.deque()
+        self._arrived = threading.Condition()
+        self._closing = False
+        self.on_arrival: Callable[[], None] | None = None
+        self._offered: set[str] = set()
+        self._offered_at = -OFFERED_TTL
+        self._plugin_name = f"parallel-orchestrator-{block_namespace}"
+        try:
+            self._client = self._connect(distributed)
+            self._listener = Listener((self._callback_host(), 0), authkey=secrets.token_bytes(32))
+            self._acceptor = threading.Thread(target=self._accept_loop, name="orch-dask-accept", daemon=True)
+            self._acceptor.start()
+            from workers.node_plugin import NodePlugin
+
+            host, port = self._listener.address
+            plugin = NodePlugin(host, port, self._listener._authkey, config.timeout_grace)  # type: ignore[attr-defined]
+            self._client.register_plugin(plugin, name=self._plugin_name)
+            self._await_processes()
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- start-up
+
+    def _connect(self, distributed: Any) -> Any:
+        """A client of the configured cluster (started here when it is a local one)."""
+        config = self._config
+        timeout = config.dask_connect_timeout
+        if config.dask_address is None:
+            self._cluster = distributed.LocalCluster(
+                n_workers=config.max_workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                scheduler_port=0,
+                dashboard_address="127.0.0.1:0" if config.dask_dashboard else None,
+                worker_dashboard_address=None,
+                resources=dict.fromkeys(self._types, 1),
+                silence_logs=logging.ERROR,
+            )
+            return distributed.Client(self._cluster, timeout=timeout)
+        client = None
+        try:
+            client = distributed.Client(config.dask_address, timeout=timeout)
+            client.wait_for_workers(1, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            if client is not None:
+                client.close()
+            raise OrchestratorError(
+                f"cannot use the Dask cluster at {config.dask_address}: {exc or type(exc).__name__} "
+                f"(dask_connect_timeout={timeout:g} s; is the scheduler up, with at least one worker?)"
+            ) from None
+        return client
+
+    def _callback_host(self) -> str:
+        """The address our node processes connect back to: the one that reaches the scheduler."""
+        scheduler = self._client.scheduler.address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+        if scheduler in _LOOPBACK:
+            return "127.0.0.1"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((scheduler, 9))
+            return str(probe.getsockname()[0])
+
+    def _await_processes(self) -> None:
+        """Wait until every thread of the cluster has its process connected (or the timeout)."""
+        wanted = self.capacity()
+        deadline = time.monotonic() + self._config.dask_connect_timeout
+        with self._arrived:
+            while len(self._arrivals) < wanted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
+            if not self._arrivals:
+                raise OrchestratorError(
+                    f"no worker process connected back from the Dask cluster within "
+                    f"{self._config.dask_connect_timeout:g} s; the nodes must reach this host at "
+                    f"{self._listener.address[0]} and import parallel-orchestrator"
+                )
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn = self._listener.accept()
+                node, index, pid, resources = msgpack.unpackb(conn.recv_bytes())
+            except (OSError, EOFError, ValueError) as exc:
+                if self._closing:
+                    return
+                logger.warning("a connection from the Dask cluster failed: %s", exc)
+                continue
+            arrival = _Arrival(conn, node, index, pid, resources)
+            with self._arrived:
+                self._arrivals.append(arrival)
+                self._arrived.notify_all()
+            if self.on_arrival is not None:
+                self.on_arrival()
+
+    # ----------------------------------------------------------------- the pool interface
+
+    def capacity(self) -> int:
+        """Threads in the cluster now: the most tasks that run at once."""
+        workers = self._client.scheduler_info(n_workers=-1)["workers"]
+        return sum(int(info["nthreads"]) for info in workers.values())
+
+    def offered_types(self) -> set[str]:
+        """The task types some node offers now (a local cluster offers every type).
+
+        Read from the scheduler at most once a second: submit_task asks on every call.
+        """
+        if self._config.dask_address is None:
+            return set(self._types)
+        now = time.monotonic()
+        if now - self._offered_at > OFFERED_TTL:
+            workers = self._client.scheduler_info(n_workers=-1)["workers"]
+            resources = [info.get("resources", {}) for info in workers.values()]
+            self._offered = {name for found in resources for name, amount in found.items() if amount > 0}
+            self._offered_at = now
+        return self._offered
+
+    def spawn(self, worker_id: int, task_type: str | None = None) -> WorkerHandle | None:
+        """Take a connected process from a node that offers ``task_type``; None if none is free."""
+        with self._arrived:
+            for arrival in list(self._arrivals):
+                if task_type is not None and arrival.resources.get(task_type, 0.0) <= 0:
+                    continue
+                self._arrivals.remove(arrival)
+                break
+            else:
+                return None
+        try:
+            arrival.conn.send_bytes(msgpack.packb([worker_id, self._block_namespace]))
+        except OSError:
+            arrival.conn.close()
+            return None
+        local = arrival.node.split("://")[-1].rsplit(":", 1)[0].strip("[]") in _LOOPBACK
+        handle = WorkerHandle(worker_id, _RemoteProcess(arrival.pid), arrival.conn)  # type: ignore[arg-type]
+        handle.node = arrival.node
+        handle.label = f"{arrival.node}/{arrival.index}"
+        handle.local = local
+        handle.offers = frozenset(name for name, amount in arrival.resources.items() if amount > 0)
+        return handle
+
+    @staticmethod
+    def may_run(worker: WorkerHandle, task_type: str) -> bool:
+        """Whether the worker's node offers ``task_type``."""
+        return worker.offers is None or task_type in worker.offers
+
+    @staticmethod
+    def kill(worker: WorkerHandle, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Stop a node process: by its pid when it runs on this machine, else by hanging up
+        (a node process exits as soon as it sees its host gone)."""
+        if worker.local:
+            kill_process_tree(worker.pid, sig)
+        elif sig == signal.SIGKILL:
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(worker.conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    def connection_lost(worker: WorkerHandle) -> None:
+        """The connection to a node process ended: the process is gone."""
+        worker.process.mark_dead()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def release(worker: WorkerHandle) -> None:
+        """Free what the host holds for a reaped process."""
+        worker.conn.close()
+        worker.process.close()
+
+    @property
+    def block_namespace(self) -> str:
+        """The orchestrator's part of the names of its shared-memory blocks (none on Dask)."""
+        return self._block_namespace
+
+    def close(self, wait: bool = True) -> None:
+        """Remove the plugin (its node processes stop), then close the client and a local cluster."""
+        self._closing = True
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.unregister_worker_plugin(self._plugin_name)
+        listener = getattr(self, "_listener", None)
+        if listener is not None:
+            listener.close()
+        with self._arrived:
+            for arrival in self._arrivals:
+                arrival.conn.close()
+            self._arrivals.clear()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                self._cluster.close()

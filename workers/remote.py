@@ -1,0 +1,43 @@
+"""One of our worker processes on a node of a Dask cluster (the host's ``backend="dask"``).
+
+Started by `workers.node_plugin.NodePlugin`, never by hand::
+
+    python -m workers.remote HOST PORT AUTHKEY_HEX DASK_ADDRESS INDEX DASK_PID RESOURCES_JSON
+
+It connects back to the host over an authenticated connection and from then on speaks exactly
+the protocol of a local worker's pipe, so timeouts, cancellation, memory limits, crash handling
+and events behave as they do locally. It exits within `runtime.HOST_CHECK_INTERVAL` seconds of
+its Dask worker's death, and at once when the host goes. It imports no Dask: it stays as small
+as a local worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+from multiprocessing.connection import Client
+
+import msgpack
+
+from workers.runtime import HOST_CHECK_INTERVAL, _process_alive, worker_main
+
+
+def main(argv: list[str]) -> None:
+    """Connect to the host, wait to be taken into its pool, then serve it like a local worker."""
+    host, port, authkey, address, index, dask_pid, resources = argv
+    conn = Client((host, int(port)), authkey=bytes.fromhex(authkey))
+    conn.send_bytes(msgpack.packb([address, int(index), os.getpid(), json.loads(resources)]))
+    while not select.select([conn], [], [], HOST_CHECK_INTERVAL)[0]:
+        if not _process_alive(int(dask_pid)):
+            os._exit(0)  # the Dask worker died while this process waited to be used
+    try:
+        worker_id, namespace = msgpack.unpackb(conn.recv_bytes())
+    except (EOFError, OSError):
+        os._exit(0)  # the host went away, or shut down, before using this process
+    worker_main(conn, worker_id, int(dask_pid), [], None, namespace)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
