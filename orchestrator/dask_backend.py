@@ -131,7 +131,10 @@ class DaskPool:
                 processes=True,
                 host="127.0.0.1",
                 scheduler_port=0,
-                dashboard_address="127.0.0.1:0" if config.dask_dashboard else None,
+                # The scheduler serves HTTP (health, metrics) even without a dashboard: on
+                # 127.0.0.1 and a port of the OS's choosing, never Dask's default 8787.
+                dashboard_address="127.0.0.1:0",
+                scheduler_kwargs={"dashboard": config.dask_dashboard},
                 worker_dashboard_address=None,
                 resources=dict.fromkeys(self._types, 1),
                 silence_logs=logging.ERROR,

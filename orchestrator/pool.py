@@ -22,8 +22,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, Protocol
 
-import psutil
-
 from orchestrator.config import StartMethod
 from orchestrator.errors import OrchestratorError
 from orchestrator.limits import kill_process_tree
@@ -245,8 +243,9 @@ class _HelperLease:
     The fork server and the resource tracker are per-process singletons of multiprocessing,
     started on first use by ``forkserver`` (both) and ``spawn`` (the tracker). Left running,
     they would outlive every orchestrator as child processes of the host. Each is stopped only
-    if an orchestrator started it and no other child of the host still runs, since any such
-    process may hold the helper's pipe (and stopping the tracker waits for every holder).
+    if an orchestrator started it and no other multiprocessing child of the host still runs,
+    since any such process may hold the helper's pipe (and stopping the tracker waits for every
+    holder).
     """
 
     def __init__(self) -> None:
@@ -269,9 +268,8 @@ class _HelperLease:
             self._users -= 1
             if self._users > 0:
                 return
-            helpers = {_forkserver_pid(), _tracker_pid()} - {None}
-            others = [c for c in psutil.Process().children() if c.pid not in helpers]
-            if others:
+            # Only multiprocessing children may hold a helper's pipe (subprocess closes fds).
+            if multiprocessing.active_children():
                 return
             if self._started_forkserver and _forkserver_pid() is not None:
                 forkserver._forkserver._stop()  # type: ignore[attr-defined]

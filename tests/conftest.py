@@ -37,9 +37,16 @@ def _debug_logging(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="orchestrator")
 
 
+# Processes and /dev/shm entries of the session's shared Dask cluster: they outlive every test.
+SHARED_PROCESSES: set[int] = set()
+SHARED_SHM: set[str] = set()
+
+
 def _live_children() -> list[psutil.Process]:
     alive = []
     for child in psutil.Process().children(recursive=True):
+        if child.pid in SHARED_PROCESSES:
+            continue
         try:
             if child.status() != psutil.STATUS_ZOMBIE:
                 alive.append(child)
@@ -57,7 +64,7 @@ def no_leaks() -> Iterator[None]:
     while (children := _live_children()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not children, f"child processes left behind: {[(c.pid, c.cmdline()) for c in children]}"
-    left = set(os.listdir("/dev/shm")) - shm_before
+    left = set(os.listdir("/dev/shm")) - shm_before - SHARED_SHM
     assert not left, f"shared-memory blocks left behind: {sorted(left)}"
 
 

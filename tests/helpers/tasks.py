@@ -43,6 +43,7 @@ HANDLERS = {
         "array_payload",
         "leak_and_crash",
         "logged",
+        "ticker",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -259,3 +260,13 @@ def logged(ctx: TaskContext) -> Any:
     if ctx.config.get("hang") and ctx.attempt == 1:
         time.sleep(600)
     return ctx.attempt
+
+
+def ticker(ctx: TaskContext) -> Any:
+    """Append a line to config['log'] every 10 ms for a minute: a side effect that shows it runs."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open(ctx.config["log"], "a") as log:
+            log.write("tick\n")
+        time.sleep(0.01)
+    return "done"

@@ -1,0 +1,289 @@
+"""What users rely on, on both backends: local processes, and processes on a Dask cluster.
+
+The Dask side runs against one session cluster (``LocalCluster(processes=True)`` on 127.0.0.1)
+whose workers offer every test task type as a resource, reached through ``dask_address`` as a
+remote cluster would be. These tests are skipped only when ``distributed`` is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator import OrchestratorError, ParallelOrchestrator, TaskStatus, UnknownTaskTypeError
+from orchestrator.config import BUILTIN_HANDLERS
+from tests import conftest
+from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
+from tests.helpers.tasks import HANDLERS
+
+TYPES = sorted({*HANDLERS, *BUILTIN_HANDLERS})
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SharedCluster:
+    """A Dask scheduler and two workers started as separate programs, like a remote cluster."""
+
+    def __init__(self, folder: Path) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        scheduler_file = folder / "scheduler.json"
+        resources = ",".join(f"{name}=2" for name in TYPES)
+        self._start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                    "--scheduler-file", str(scheduler_file))  # fmt: skip
+        deadline = time.monotonic() + DEADLOCK_TIMEOUT
+        while not scheduler_file.exists() or not scheduler_file.read_text():
+            assert time.monotonic() < deadline, "the Dask scheduler did not start"
+            time.sleep(0.05)
+        self.scheduler_address = json.loads(scheduler_file.read_text())["address"]
+        for _ in range(2):
+            self._start("worker", self.scheduler_address, "--host", "127.0.0.1", "--nthreads", "2",
+                        "--no-dashboard", "--resources", resources)  # fmt: skip
+
+    def _start(self, program: str, *args: str) -> None:
+        command = [sys.executable, "-m", f"distributed.cli.dask_{program}", *args]
+        self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def workers(self) -> int:
+        import distributed
+
+        with distributed.Client(self.scheduler_address, timeout=DEADLOCK_TIMEOUT) as client:
+            return len(client.scheduler_info()["workers"])
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(DEADLOCK_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedCluster]:
+    """Two Dask workers of two threads each, offering every test task type twice."""
+    distributed = pytest.importorskip("distributed", reason="the dask extra (distributed) is not installed")
+    cluster = SharedCluster(tmp_path_factory.mktemp("dask"))
+    with distributed.Client(cluster.scheduler_address, timeout=DEADLOCK_TIMEOUT) as client:
+        client.wait_for_workers(2, timeout=DEADLOCK_TIMEOUT)
+    conftest.SHARED_PROCESSES.update(
+        found.pid
+        for process in cluster.processes
+        for found in [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    )
+    conftest.SHARED_SHM.update(os.listdir("/dev/shm"))
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(params=["local", "dask"])
+def backend(
+    request: pytest.FixtureRequest, make_orch: Callable[..., ParallelOrchestrator]
+) -> Callable[..., ParallelOrchestrator]:
+    """Build an orchestrator on the backend under test (4 workers' worth of capacity)."""
+    if request.param == "local":
+        return lambda **overrides: make_orch(max_workers=4, **overrides)
+    cluster = request.getfixturevalue("dask_cluster")
+    return lambda **overrides: make_orch(backend="dask", dask_address=cluster.scheduler_address, **overrides)
+
+
+def test_submit_and_wait(backend) -> None:
+    orch = backend()
+    ids = [orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(20)]
+    assert [orch.wait(task_id, DEADLOCK_TIMEOUT).data["config"]["i"] for task_id in ids] == list(range(20))
+    assert orch.get_status().max_workers == 4
+
+
+def test_priority_order_with_the_pool_saturated(backend, release: Release, recorder: Recorder) -> None:
+    orch = backend(worker_type_limits={"blocker": 1})
+    orch.on("task_started", recorder)
+    first = orch.submit_task({"type": "blocker", "config": release.config})
+    recorder.wait_for(lambda events: len(events) == 1)
+    priorities = [*range(11), 5, 5]
+    random.Random(3).shuffle(priorities)
+    ids = {
+        orch.submit_task({"type": "blocker", "priority": p, "config": release.config}): p for p in priorities
+    }
+    release.open()
+    assert all(orch.wait(task_id, DEADLOCK_TIMEOUT).success for task_id in [first, *ids])
+    recorder.wait_for(lambda events: len(events) == 1 + len(ids))
+    started = [e.task_id for e in recorder.events[1:]]
+    assert [ids[t] for t in started] == sorted(priorities, reverse=True)
+    assert [t for t in started if ids[t] == 5] == [t for t in ids if ids[t] == 5]
+
+
+def test_typed_routing(backend) -> None:
+    orch = backend()
+    echoes = [orch.submit_task({"type": "echo"}) for _ in range(6)]
+    steps = [orch.submit_task({"type": "steps"}) for _ in range(6)]
+    pids = {kind: {orch.wait(t, DEADLOCK_TIMEOUT).worker_pid for t in ids} for kind, ids in
+            (("echo", echoes), ("steps", steps))}  # fmt: skip
+    assert not pids["echo"] & pids["steps"], "a worker never changes type"
+    types = {w.pid: w.type for w in orch.get_workers()}
+    assert all(types.get(pid) in (None, kind) for kind, found in pids.items() for pid in found)
+
+
+def test_progress_and_partial_events_in_order(backend, recorder: Recorder) -> None:
+    orch = backend()
+    for name in ("task_started", "task_progress", "task_partial", "task_completed"):
+        orch.on(name, recorder)
+    stepped = orch.submit_task({"type": "steps", "config": {"n": 3}})
+    streamed = orch.submit_task({"type": "partials", "config": {"n": 4}})
+    assert orch.wait(stepped, DEADLOCK_TIMEOUT).data == 3
+    assert orch.wait(streamed, DEADLOCK_TIMEOUT).data == 4
+    recorder.wait_for(lambda events: sum(e.event == "task_completed" for e in events) == 2)
+    assert recorder.names(streamed) == ["task_started", *["task_partial"] * 4, "task_completed"]
+    names = recorder.names(stepped)
+    assert names[0] == "task_started"
+    assert names[-1] == "task_completed"
+    assert set(names[1:-1]) == {"task_progress"}
+    partials = [e.data for e in recorder.events if e.event == "task_partial"]
+    assert partials == [{"i": i} for i in range(4)]
+
+
+def test_a_timeout_really_stops_the_handler(backend, tmp_path: Path) -> None:
+    orch = backend()
+    log = tmp_path / "ticks"
+    result = orch.wait(orch.submit_task({"type": "ticker", "timeout": 0.5, "config": {"log": str(log)}}),
+                       DEADLOCK_TIMEOUT)  # fmt: skip
+    assert result.error.kind == "timeout"
+    assert result.duration_s < 0.5 + 0.25 + 0.25  # the issue's bound, plus this shared machine's noise
+    size = log.stat().st_size
+    time.sleep(0.3)  # a handler still running would tick 30 times meanwhile
+    assert log.stat().st_size == size
+
+
+def test_cancel_a_running_task(backend, recorder: Recorder) -> None:
+    orch = backend()
+    orch.on("task_started", recorder)
+    task_id = orch.submit_task({"type": "sleep", "config": {"seconds": 60}})
+    recorder.wait_for(lambda events: len(events) == 1)
+    assert orch.cancel(task_id)
+    assert orch.wait(task_id, DEADLOCK_TIMEOUT).status is TaskStatus.CANCELLED
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+
+
+def test_a_crash_then_the_next_task_runs(backend) -> None:
+    orch = backend()
+    crashed = orch.wait(orch.submit_task({"type": "exit_hard"}), DEADLOCK_TIMEOUT)
+    assert crashed.error.kind == "worker_crashed"
+    assert orch.wait(orch.submit_task({"type": "exit_hard"}), DEADLOCK_TIMEOUT).error.kind == "worker_crashed"
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+
+
+def test_retries(backend) -> None:
+    orch = backend()
+    result = orch.wait(orch.submit_task({"type": "crash_once", "retries": 1}), DEADLOCK_TIMEOUT)
+    assert result.success
+    assert result.attempts == 2
+
+
+def test_a_diamond_dag(backend) -> None:
+    orch = backend()
+    plan = orch.submit_plan(
+        [
+            {"id": "a", "type": "deps", "config": {"value": 1}},
+            {"id": "b", "type": "deps", "depends_on": ["a"], "config": {"value": "$a.value"}},
+            {"id": "c", "type": "deps", "depends_on": ["a"], "config": {"value": 2}},
+            {"id": "d", "type": "deps", "depends_on": ["b", "c"], "config": {"value": 3}},
+        ]
+    )
+    results = plan.wait(DEADLOCK_TIMEOUT)
+    assert all(r.success for r in results.values())
+    assert results["b"].data["value"] == 1
+    assert set(results["d"].data["deps"]) == {plan.ids["b"], plan.ids["c"]}
+
+
+def test_a_group_with_fan_in(backend) -> None:
+    orch = backend()
+    members = [orch.submit_task({"type": "deps", "group": "g", "config": {"value": i}}) for i in range(5)]
+    fan_in = orch.submit_task({"type": "deps", "depends_on_group": "g"})
+    seen = orch.wait(fan_in, DEADLOCK_TIMEOUT).data["deps"]
+    assert sorted(seen[m]["value"] for m in members) == list(range(5))
+
+
+# ----------------------------------------------------------------- Dask only
+
+
+LOCAL_CLUSTER_HOST = """
+import json, sys
+import psutil
+sys.path.insert(0, {root!r})
+from orchestrator import ParallelOrchestrator
+from tests.helpers.tasks import HANDLERS
+
+if __name__ == "__main__":
+    with ParallelOrchestrator(backend="dask", max_workers=2, handlers=HANDLERS, control_socket=False) as orch:
+        ok = orch.wait(orch.submit_task({{"type": "echo"}}), 30).success
+        listening = [
+            [conn.laddr.ip, conn.laddr.port]
+            for process in [psutil.Process(), *psutil.Process().children(recursive=True)]
+            for conn in process.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+        workers = [w.worker_id for w in orch.get_workers()]
+        print(json.dumps({{"ok": ok, "listening": listening, "max_workers": orch.get_status().max_workers,
+                          "workers": workers, "pids": [w.pid for w in orch.get_workers()]}}))
+"""
+
+
+def test_a_local_cluster_listens_on_loopback_only(tmp_path: Path) -> None:
+    # In a process of its own: a local cluster leaves multiprocessing's resource tracker behind in
+    # its host until that host exits, which this test process must not.
+    pytest.importorskip("distributed", reason="the dask extra (distributed) is not installed")
+    script = tmp_path / "host.py"
+    script.write_text(LOCAL_CLUSTER_HOST.format(root=str(ROOT)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["ok"]
+    assert found["max_workers"] == 2
+    assert all(worker_id.startswith("tcp://127.0.0.1:") for worker_id in found["workers"])
+    assert found["listening"], "the scheduler, nannies and workers listen somewhere"
+    assert {ip for ip, _ in found["listening"]} == {"127.0.0.1"}
+    assert not {8786, 8787} & {port for _, port in found["listening"]}
+    assert not [pid for pid in found["pids"] if psutil.pid_exists(pid)]
+
+
+def test_an_unreachable_scheduler_is_named(no_leaks) -> None:
+    pytest.importorskip("distributed", reason="the dask extra (distributed) is not installed")
+    orch = ParallelOrchestrator(backend="dask", dask_address="tcp://127.0.0.1:9", dask_connect_timeout=1.0,
+                                control_socket=False)  # fmt: skip
+    with pytest.raises(OrchestratorError, match=r"tcp://127\.0\.0\.1:9"):
+        orch.initialize()
+
+
+def test_without_distributed_the_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    orch = ParallelOrchestrator(backend="dask", control_socket=False)
+    with pytest.raises(OrchestratorError, match=r"parallel-orchestrator\[dask\]"):
+        orch.initialize()
+
+
+def test_a_type_no_worker_offers_is_refused(make_orch, dask_cluster) -> None:
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address,
+                     handlers={**HANDLERS, "unoffered": "tests.helpers.tasks:echo"})  # fmt: skip
+    with pytest.raises(UnknownTaskTypeError, match="no Dask worker offers the task type 'unoffered'"):
+        orch.submit_task({"type": "unoffered"})
+    assert orch.get_status().queued == 0
+
+
+def test_shutdown_leaves_the_shared_cluster_running(make_orch, dask_cluster) -> None:
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address)
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+    node_pids = [w.pid for w in orch.get_workers()]
+    orch.shutdown()
+    assert not [
+        pid for pid in node_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+    ]
+    assert dask_cluster.workers() == 2
+    assert os.getpid() > 0
