@@ -24,9 +24,24 @@ def _orchestrator(snapshot: dict[str, Any]) -> str:
     )
     rows = [_row(worker) for worker in snapshot["workers"]] or [["-", "no workers", *[""] * 7]]
     text = header + "\n" + _table([list(_COLUMNS), *rows])
+    if snapshot.get("dask_workers"):
+        text += "\n\n" + _dask_workers(snapshot["dask_workers"])
     if snapshot.get("schedules"):
         text += "\n\n" + render_schedules(snapshot["schedules"])
     return text
+
+
+def _dask_workers(nodes: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            node["address"],
+            str(node["threads"]),
+            ",".join(f"{name}={amount:g}" for name, amount in sorted(node["resources"].items())) or "-",
+            str(node["running"]),
+        ]
+        for node in nodes
+    ]
+    return _table([["dask worker", "threads", "resources", "running"], *rows])
 
 
 def render_schedules(schedules: list[dict[str, Any]]) -> str:

@@ -189,6 +189,7 @@ class ControlServer:
             "tasks_per_s": orchestrator._tasks_per_second(),
             "status": status.model_dump(mode="json"),
             "schedules": [info.model_dump(mode="json") for info in orchestrator.schedules()],
+            "dask_workers": orchestrator._cluster_nodes(),
         }
 
     def _workers(self, request: dict[str, Any]) -> list[dict[str, Any]]:

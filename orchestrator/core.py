@@ -95,8 +95,9 @@ class ParallelOrchestrator:
         self._control: ControlServer | None = None
         self._journal: Journal | None = None
         self._recovered: list[str] = []
-        # On Dask: the task types some node of the cluster offers now.
+        # On Dask: the task types some node of the cluster offers now, and the cluster's workers.
         self._offered_types: Callable[[], set[str]] | None = None
+        self._cluster_nodes: Callable[[], list[dict[str, Any]]] = list
         self._state: _State = "created"
         self._lifecycle_lock = threading.Lock()
         if self.config.enable_logging:
@@ -163,6 +164,7 @@ class ParallelOrchestrator:
 
         dask_pool = DaskPool(config, sorted(self._handlers), self._block_namespace)
         self._offered_types = dask_pool.offered_types
+        self._cluster_nodes = dask_pool.nodes
         threads = dask_pool.capacity()
         return dask_pool, config.model_copy(update={"max_workers": threads, "min_workers": threads})
 

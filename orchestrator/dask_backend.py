@@ -101,6 +101,9 @@ class DaskPool:
         self._closing = False
         self.on_arrival: Callable[[], None] | None = None
         self._offered: set[str] = set()
+        # Our processes in the pool by node, and each node's resources (task type -> amount).
+        self._on_node: dict[str, list[WorkerHandle]] = {}
+        self._resources: dict[str, dict[str, float]] = {}
         self._offered_at = -OFFERED_TTL
         self._plugin_name = f"parallel-orchestrator-{block_namespace}"
         try:
@@ -239,12 +242,23 @@ class DaskPool:
         handle.label = f"{arrival.node}/{arrival.index}"
         handle.local = local
         handle.offers = frozenset(name for name, amount in arrival.resources.items() if amount > 0)
+        self._resources[arrival.node] = arrival.resources
+        self._on_node.setdefault(arrival.node, []).append(handle)
         return handle
 
-    @staticmethod
-    def may_run(worker: WorkerHandle, task_type: str) -> bool:
-        """Whether the worker's node offers ``task_type``."""
-        return worker.offers is None or task_type in worker.offers
+    def may_run(self, worker: WorkerHandle, task_type: str) -> bool:
+        """Whether the worker's node offers ``task_type`` and has a unit of it free.
+
+        A node's resource amount caps the tasks of that type running there at once.
+        """
+        node = worker.node
+        if worker.offers is None or node is None:
+            return True
+        if task_type not in worker.offers:
+            return False
+        amount = self._resources.get(node, {}).get(task_type, 0.0)
+        running = sum(len(h.tasks) for h in self._on_node.get(node, []) if h.type == task_type)
+        return running < amount
 
     @staticmethod
     def kill(worker: WorkerHandle, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -261,11 +275,26 @@ class DaskPool:
         """The connection to a node process ended: the process is gone."""
         worker.process.mark_dead()  # type: ignore[attr-defined]
 
-    @staticmethod
-    def release(worker: WorkerHandle) -> None:
+    def release(self, worker: WorkerHandle) -> None:
         """Free what the host holds for a reaped process."""
+        handles = self._on_node.get(worker.node or "", [])
+        if worker in handles:
+            handles.remove(worker)
         worker.conn.close()
         worker.process.close()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The Dask workers: address, threads, resources, and our tasks running there."""
+        workers = self._client.scheduler_info(n_workers=-1)["workers"]
+        return [
+            {
+                "address": address,
+                "threads": int(info["nthreads"]),
+                "resources": info.get("resources", {}),
+                "running": sum(len(h.tasks) for h in self._on_node.get(address, [])),
+            }
+            for address, info in sorted(workers.items())
+        ]
 
     @property
     def block_namespace(self) -> str:

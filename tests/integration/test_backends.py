@@ -287,3 +287,26 @@ def test_shutdown_leaves_the_shared_cluster_running(make_orch, dask_cluster) -> 
     ]
     assert dask_cluster.workers() == 2
     assert os.getpid() > 0
+
+
+def test_a_coordinator_gathers_its_children(backend) -> None:
+    orch = backend()
+    result = orch.wait(orch.submit_task({"type": "coordinator", "config": {"children": 8, "mode": "as_completed"}}),
+                       DEADLOCK_TIMEOUT)  # fmt: skip
+    assert result.success, result.error
+    assert result.data == list(range(8))
+
+
+def test_orch_status_lists_the_dask_workers(make_orch, dask_cluster) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main as cli
+
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address, name="on-dask",
+                     control_socket=True)  # fmt: skip
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+    shown = CliRunner().invoke(cli, ["status", "--name", "on-dask"])
+    assert shown.exit_code == 0, shown.output
+    assert "dask worker" in shown.output
+    assert shown.output.count("tcp://127.0.0.1:") >= 2
+    assert "echo=2" in shown.output
