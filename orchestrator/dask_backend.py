@@ -40,6 +40,12 @@ _LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
 OFFERED_TTL: Final = 1.0
 
 
+def no_delay(conn: Connection) -> None:
+    """Send each message at once: a worker's replies are small, and Nagle would hold them back."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def import_distributed() -> Any:
     """The ``distributed`` module, or an `OrchestratorError` naming the extra to install."""
     try:
@@ -186,6 +192,7 @@ class DaskPool:
         while True:
             try:
                 conn = self._listener.accept()
+                no_delay(conn)
                 node, index, pid, resources = msgpack.unpackb(conn.recv_bytes())
             except (OSError, EOFError, ValueError) as exc:
                 if self._closing:

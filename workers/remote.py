@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import sys
 from multiprocessing.connection import Client
 
@@ -28,6 +29,8 @@ def main(argv: list[str]) -> None:
     """Connect to the host, wait to be taken into its pool, then serve it like a local worker."""
     host, port, authkey, address, index, dask_pid, resources = argv
     conn = Client((host, int(port)), authkey=bytes.fromhex(authkey))
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:  # small replies go out at once (no Nagle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.send_bytes(msgpack.packb([address, int(index), os.getpid(), json.loads(resources)]))
     while not select.select([conn], [], [], HOST_CHECK_INTERVAL)[0]:
         if not _process_alive(int(dask_pid)):
