@@ -293,6 +293,7 @@ def test_a_retried_parent_cancels_its_earlier_children_first(make_orch, recorder
             "config": {"end": "fail", "detached": {"type": "echo"}}}  # fmt: skip
     parent_id = orch.submit_task(spec)
     assert orch.wait(parent_id, DEADLOCK_TIMEOUT).attempts == 2
+    recorder.wait_for(lambda events: len(children_of(recorder, parent_id)) == 4)
     first_attached, _, second_attached, _ = children_of(recorder, parent_id)
     first = orch.wait(first_attached, DEADLOCK_TIMEOUT)
     second_queued = next(e.timestamp for e in recorder.events if e.task_id == second_attached)
