@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
         worker_id, namespace = msgpack.unpackb(conn.recv_bytes())
     except (EOFError, OSError):
         os._exit(0)  # the host went away, or shut down, before using this process
-    worker_main(conn, worker_id, int(dask_pid), [], None, namespace)
+    worker_main(conn, worker_id, int(dask_pid), [], None, namespace, address)
 
 
 if __name__ == "__main__":

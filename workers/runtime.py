@@ -51,6 +51,7 @@ def worker_main(
     inherited_fds: list[int],
     shm_threshold: int | None,
     block_namespace: str,
+    node: str | None = None,
 ) -> None:
     """Entry point of a worker process: serve tasks from ``conn`` until told to stop.
 
@@ -62,12 +63,13 @@ def worker_main(
             its pipe (else EOF would never report the host's death) and the journal's lock.
         shm_threshold: buffers of at least this many bytes travel in shared memory (None: never).
         block_namespace: the orchestrator's part of its shared-memory block names.
+        node: the Dask worker whose node runs this process (named in handler import errors).
     """
     for fd in inherited_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
     blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
-    _WorkerRuntime(conn, worker_id, host_pid, blocks).serve()
+    _WorkerRuntime(conn, worker_id, host_pid, blocks, node).serve()
 
 
 class _WorkerRuntime:
@@ -79,8 +81,11 @@ class _WorkerRuntime:
     host sends (its ``worker_concurrency``), each stopped by cancelling it.
     """
 
-    def __init__(self, conn: Connection, worker_id: int, host_pid: int, blocks: BlockWriter | None) -> None:
+    def __init__(
+        self, conn: Connection, worker_id: int, host_pid: int, blocks: BlockWriter | None, node: str | None
+    ) -> None:
         self._conn = conn
+        self._where = f" on {node}" if node else ""
         self._worker_id = worker_id
         self._host_pid = host_pid
         self._main_ident = threading.get_ident()
@@ -185,7 +190,7 @@ class _WorkerRuntime:
             config = protocol.unpack_payload(msg.config, mapped)
             deps = _dependencies(protocol.unpack_payload(msg.deps))
         except Exception as exc:  # noqa: BLE001 - reported to the host as the task's error
-            return _failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}: ")
+            return _failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}{self._where}: ")
         ctx = TaskContext(
             msg.task_id,
             msg.task_type,

@@ -310,3 +310,11 @@ def test_orch_status_lists_the_dask_workers(make_orch, dask_cluster) -> None:
     assert "dask worker" in shown.output
     assert shown.output.count("tcp://127.0.0.1:") >= 2
     assert "echo=2" in shown.output
+
+
+def test_a_handler_that_does_not_import_on_its_node_names_both(make_orch, dask_cluster) -> None:
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address)
+    error = orch.wait(orch.submit_task({"type": "bad_import"}), DEADLOCK_TIMEOUT).error
+    assert error.kind == "exception"
+    assert "no_such_module" in error.message
+    assert " on tcp://127.0.0.1:" in error.message
