@@ -166,7 +166,13 @@ class ParallelOrchestrator:
         self._offered_types = dask_pool.offered_types
         self._cluster_nodes = dask_pool.nodes
         threads = dask_pool.capacity()
-        return dask_pool, config.model_copy(update={"max_workers": threads, "min_workers": threads})
+        # A local cluster sizes itself by max_workers; a remote one by its threads, and keeps no
+        # idle process beyond idle_timeout.
+        local = config.dask_address is None
+        floor = min(config.min_workers, threads) if local else 0
+        scaling = config.enable_auto_scaling or not local
+        update = {"max_workers": threads, "min_workers": floor, "enable_auto_scaling": scaling}
+        return dask_pool, config.model_copy(update=update)
 
     def shutdown(
         self,

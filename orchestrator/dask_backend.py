@@ -1,6 +1,6 @@
 """The Dask backend: the supervisor's worker pool, with its processes on a Dask cluster's nodes.
 
-Dask places and keeps our processes, never our tasks: a `workers.remote.NodePlugin` on each Dask
+Dask places and keeps our processes, never our tasks: a `workers.node_plugin.NodePlugin` on each Dask
 worker runs one of our worker processes per Dask thread, and each connects back here over an
 authenticated connection (`multiprocessing.connection`). The supervisor then drives them exactly
 like local workers, so priority stays exact (the supervisor picks every task; Dask holds no queue
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 EXTRA_HELP: Final = "backend='dask' needs the distributed package: pip install 'parallel-orchestrator[dask]'"
 _LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
-OFFERED_TTL: Final = 1.0
+NODES_TTL: Final = 1.0
 
 
 def no_delay(conn: Connection) -> None:
@@ -106,19 +106,23 @@ class DaskPool:
         self._arrived = threading.Condition()
         self._closing = False
         self.on_arrival: Callable[[], None] | None = None
-        self._offered: set[str] = set()
         # Our processes in the pool by node, and each node's resources (task type -> amount).
         self._on_node: dict[str, list[WorkerHandle]] = {}
         self._resources: dict[str, dict[str, float]] = {}
-        self._offered_at = -OFFERED_TTL
+        self._nodes: dict[str, tuple[int, dict[str, float]]] = {}
+        self._nodes_at = -NODES_TTL
+        # Processes asked of each node and not yet connected: when each was asked.
+        self._requested: dict[str, list[float]] = {}
         self._plugin_name = f"parallel-orchestrator-{block_namespace}"
         try:
             self._client = self._connect(distributed)
             self._listener = Listener((self._callback_host(), 0), authkey=secrets.token_bytes(32))
             self._acceptor = threading.Thread(target=self._accept_loop, name="orch-dask-accept", daemon=True)
             self._acceptor.start()
-            from workers.node_plugin import NodePlugin
 
+            from workers.node_plugin import NodePlugin, start_processes
+
+            self._start_processes = start_processes
             host, port = self._listener.address
             plugin = NodePlugin(host, port, self._listener._authkey, config.timeout_grace)  # type: ignore[attr-defined]
             self._client.register_plugin(plugin, name=self._plugin_name)
@@ -162,6 +166,21 @@ class DaskPool:
             ) from None
         return client
 
+    def _request_process(self, task_type: str | None) -> None:
+        """Ask a node with a thread to spare, and offering the type, for one more process."""
+        now = time.monotonic()
+        for node, (threads, resources) in self._nodes_now().items():
+            if task_type is not None and resources.get(task_type, 0.0) <= 0:
+                continue
+            # A request unanswered after the connect timeout is forgotten (its node may be gone).
+            timeout = self._config.dask_connect_timeout
+            pending = [t for t in self._requested.get(node, []) if now - t < timeout]
+            present = len(self._on_node.get(node, [])) + sum(a.node == node for a in self._arrivals)
+            if present + len(pending) < threads:
+                self._requested[node] = [*pending, now]
+                self._client.run(self._start_processes, self._plugin_name, 1, workers=[node], wait=False)
+                return
+
     def _callback_host(self) -> str:
         """The address our node processes connect back to: the one that reaches the scheduler."""
         scheduler = self._client.scheduler.address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
@@ -202,6 +221,8 @@ class DaskPool:
             arrival = _Arrival(conn, node, index, pid, resources)
             with self._arrived:
                 self._arrivals.append(arrival)
+                if self._requested.get(node):
+                    self._requested[node].pop(0)
                 self._arrived.notify_all()
             if self.on_arrival is not None:
                 self.on_arrival()
@@ -210,26 +231,36 @@ class DaskPool:
 
     def capacity(self) -> int:
         """Threads in the cluster now: the most tasks that run at once."""
-        workers = self._client.scheduler_info(n_workers=-1)["workers"]
-        return sum(int(info["nthreads"]) for info in workers.values())
+        return sum(threads for threads, _ in self._nodes_now().values())
 
     def offered_types(self) -> set[str]:
-        """The task types some node offers now (a local cluster offers every type).
-
-        Read from the scheduler at most once a second: submit_task asks on every call.
-        """
+        """The task types some node offers now (a local cluster offers every type)."""
         if self._config.dask_address is None:
             return set(self._types)
-        now = time.monotonic()
-        if now - self._offered_at > OFFERED_TTL:
-            workers = self._client.scheduler_info(n_workers=-1)["workers"]
-            resources = [info.get("resources", {}) for info in workers.values()]
-            self._offered = {name for found in resources for name, amount in found.items() if amount > 0}
-            self._offered_at = now
-        return self._offered
+        nodes = self._nodes_now().values()
+        return {name for _, resources in nodes for name, amount in resources.items() if amount > 0}
 
-    def spawn(self, worker_id: int, task_type: str | None = None) -> WorkerHandle | None:
-        """Take a connected process from a node that offers ``task_type``; None if none is free."""
+    def _nodes_now(self) -> dict[str, tuple[int, dict[str, float]]]:
+        """Each Dask worker's threads and resources, read from the scheduler at most once a second
+        (submit_task asks on every call)."""
+        now = time.monotonic()
+        if now - self._nodes_at > NODES_TTL:
+            workers = self._client.scheduler_info(n_workers=-1)["workers"]
+            self._nodes = {
+                address: (int(info["nthreads"]), dict(info.get("resources", {})))
+                for address, info in workers.items()
+            }
+            self._nodes_at = now
+        return self._nodes
+
+    def spawn(
+        self, worker_id: int, task_type: str | None = None, waiting: bool = True
+    ) -> WorkerHandle | None:
+        """Take a connected process from a node that offers ``task_type``.
+
+        None when none is free; a node with a thread to spare is then asked to start one, and the
+        supervisor is woken when it connects.
+        """
         with self._arrived:
             for arrival in list(self._arrivals):
                 if task_type is not None and arrival.resources.get(task_type, 0.0) <= 0:
@@ -237,6 +268,8 @@ class DaskPool:
                 self._arrivals.remove(arrival)
                 break
             else:
+                if waiting:
+                    self._request_process(task_type)
                 return None
         try:
             arrival.conn.send_bytes(msgpack.packb([worker_id, self._block_namespace]))

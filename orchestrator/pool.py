@@ -129,7 +129,15 @@ class ProcessPool(Protocol):
 
     on_arrival: Callable[[], None] | None
 
-    def spawn(self, worker_id: int, task_type: str | None = None) -> WorkerHandle | None: ...
+    def spawn(
+        self, worker_id: int, task_type: str | None = None, waiting: bool = True
+    ) -> WorkerHandle | None:
+        """A new worker for ``task_type`` (None: any), or None when none can start now.
+
+        ``waiting=False`` takes only capacity that is already there (processes a remote pool's
+        nodes started on their own); ``True`` means a task waits, so a new worker may be started
+        (or asked of a node).
+        """
 
     def may_run(self, worker: WorkerHandle, task_type: str) -> bool: ...
 
@@ -171,8 +179,12 @@ class WorkerPool:
             # runs first): a tracker of their own would unlink the host's blocks when they exit.
             resource_tracker.ensure_running()
 
-    def spawn(self, worker_id: int, task_type: str | None = None) -> WorkerHandle | None:
+    def spawn(
+        self, worker_id: int, task_type: str | None = None, waiting: bool = True
+    ) -> WorkerHandle | None:
         """Start one worker process; it says Hello on its pipe once it is ready for tasks."""
+        if not waiting:
+            return None  # local processes exist only once started here
         host_end, worker_end = self._context.Pipe(duplex=True)
         # Under fork the child inherits the host's end of its own pipe; it closes it by number.
         inherited = [host_end.fileno(), *self._private_fds] if self._start_method == "fork" else []

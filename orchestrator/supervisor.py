@@ -273,9 +273,17 @@ class Supervisor:
                     os.write(self._wakeup_w, b"\0")
 
     def _wake(self) -> None:
-        """Have the loop look again (new capacity arrived from another thread)."""
+        """New capacity arrived (from another thread): take it in, so idle_timeout applies to it."""
         with contextlib.suppress(OrchestratorClosedError):
-            self.post(self._replenish_workers)
+            self.post(self._take_arrivals)
+
+    def _take_arrivals(self) -> None:
+        while (
+            not self._closing
+            and sum(not w.lent_out for w in self._workers.values()) < self._config.max_workers
+            and self._spawn_worker(waiting=False) is not None
+        ):
+            pass
 
     def call(self, function: Callable[[], T]) -> T:
         """Run ``function`` on the supervisor thread and return its result (inline once it exited)."""
@@ -301,6 +309,7 @@ class Supervisor:
     def _run(self) -> None:
         try:
             self._replenish_workers()
+            self._take_arrivals()
             unflushed = False
             while not self._finished():
                 self._dispatch_ready_tasks()
@@ -1121,8 +1130,8 @@ class Supervisor:
 
     # ----------------------------------------------------------------- worker lifecycle
 
-    def _spawn_worker(self, task_type: str | None = None) -> WorkerHandle | None:
-        worker = self._pool.spawn(self._next_worker_id, task_type)
+    def _spawn_worker(self, task_type: str | None = None, waiting: bool = True) -> WorkerHandle | None:
+        worker = self._pool.spawn(self._next_worker_id, task_type, waiting)
         if worker is None:
             return None  # no process free on a node that offers the type (Dask backend)
         self._next_worker_id += 1

@@ -1,14 +1,17 @@
-"""The Dask worker plugin that keeps our worker processes running on its node.
+"""The Dask worker plugin that runs our worker processes on its node.
 
-The host registers a `NodePlugin` on every Dask worker (and on those that join later). It starts
-one of our worker processes (`workers.remote`) per thread of the Dask worker, starts one again
-when it ends, and stops them all when the host removes the plugin: SIGTERM, then SIGKILL after
-the grace period. The processes are started with ``subprocess`` rather than ``multiprocessing``
-because a Dask worker process is daemonic and may not have multiprocessing children.
+The host registers a `NodePlugin` on every Dask worker (and on those that join later). At setup it
+starts one of our worker processes (`workers.remote`) per thread of the Dask worker; later the host
+asks for more with `start_processes` when it needs capacity there (after idle processes retired,
+or one crashed), never beyond the thread count. Removing the plugin stops them all: SIGTERM, then
+SIGKILL after the grace period. The processes are started with ``subprocess`` rather than
+``multiprocessing`` because a Dask worker process is daemonic and may not have multiprocessing
+children.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,12 +24,28 @@ from typing import Any, Final
 
 from distributed import WorkerPlugin
 
-# A process that ends is started again after this long (a crash loop stays slow).
-RESTART_DELAY: Final = 0.5
+# How long a request for a process waits for a slot whose process is still exiting.
+SLOT_WAIT: Final = 2.0
+
+
+async def start_processes(name: str, count: int, dask_worker: Any = None) -> int:
+    """Run on a Dask worker by the host (``Client.run``, fire-and-forget, which Dask allows only
+    for coroutines): start up to ``count`` more processes."""
+    plugin = dask_worker.plugins.get(name) if dask_worker is not None else None
+    if not isinstance(plugin, NodePlugin):
+        return 0
+    # The host asks as soon as it sees a process's connection close, which can be a moment
+    # before that process has exited and freed its slot.
+    for _ in range(int(SLOT_WAIT / 0.02)):
+        started = plugin.start(count)
+        if started:
+            return started
+        await asyncio.sleep(0.02)
+    return 0
 
 
 class NodePlugin(WorkerPlugin):
-    """Keeps ``nthreads`` of our worker processes running on one Dask worker, for one host."""
+    """Our worker processes on one Dask worker, for one host: at most one per thread."""
 
     def __init__(self, host: str, port: int, authkey: bytes, grace: float) -> None:
         self._host = host
@@ -34,8 +53,11 @@ class NodePlugin(WorkerPlugin):
         self._authkey = authkey
         self._grace = grace
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
-        self._stopping = threading.Event()
-        self._keeper: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._command: list[str] = []
+        self._env: dict[str, str] = {}
+        self._threads = 0
+        self._stopping = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"host": self._host, "port": self._port, "authkey": self._authkey, "grace": self._grace}
@@ -44,9 +66,9 @@ class NodePlugin(WorkerPlugin):
         self.__init__(state["host"], state["port"], state["authkey"], state["grace"])  # type: ignore[misc]
 
     def setup(self, worker: Any) -> None:
-        """Start this node's processes (one per thread of the Dask worker) and keep them running."""
+        """Start one process per thread of the Dask worker."""
         resources = {str(name): float(amount) for name, amount in worker.state.total_resources.items()}
-        command = [
+        self._command = [
             sys.executable,
             "-m",
             "workers.remote",
@@ -59,25 +81,28 @@ class NodePlugin(WorkerPlugin):
             json.dumps(resources),
         ]
         # The Dask worker's import path, so handler modules import the same way in our processes.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._threads = worker.state.nthreads
+        self.start(self._threads)
 
-        def keep_running() -> None:
-            while not self._stopping.is_set():
-                for index in range(worker.state.nthreads):
-                    process = self._processes.get(index)
-                    if process is None or process.poll() is not None:
-                        command[7] = str(index)
-                        self._processes[index] = subprocess.Popen(command, env=env, start_new_session=True)
-                self._stopping.wait(RESTART_DELAY)
-
-        self._keeper = threading.Thread(target=keep_running, name="orch-node-keeper", daemon=True)
-        self._keeper.start()
+    def start(self, count: int) -> int:
+        """Start up to ``count`` processes in free slots (ended ones are reaped); how many started."""
+        started = 0
+        with self._lock:
+            for index in range(self._threads):
+                process = self._processes.get(index)
+                if self._stopping or started == count or (process is not None and process.poll() is None):
+                    continue
+                command = [*self._command]
+                command[7] = str(index)
+                self._processes[index] = subprocess.Popen(command, env=self._env, start_new_session=True)
+                started += 1
+        return started
 
     def teardown(self, worker: Any) -> None:
         """Stop this node's processes: SIGTERM, then SIGKILL after the grace period."""
-        self._stopping.set()
-        if self._keeper is not None:
-            self._keeper.join()
+        with self._lock:
+            self._stopping = True
         processes = [p for p in self._processes.values() if p.poll() is None]
         for process in processes:
             _signal_group(process, signal.SIGTERM)

@@ -318,3 +318,17 @@ def test_a_handler_that_does_not_import_on_its_node_names_both(make_orch, dask_c
     assert error.kind == "exception"
     assert "no_such_module" in error.message
     assert " on tcp://127.0.0.1:" in error.message
+
+
+def test_idle_node_processes_retire_and_come_back_on_demand(
+    make_orch, dask_cluster, recorder: Recorder
+) -> None:
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address, idle_timeout=0.2)
+    orch.on("worker_exited", recorder)
+    first = orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)
+    recorder.wait_for(lambda events: len(events) == 4)  # the four threads' processes, once idle
+    assert {e.reason for e in recorder.events} == {"idle"}
+    assert orch.get_workers() == []
+    again = orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)
+    assert again.success
+    assert again.worker_pid != first.worker_pid
