@@ -290,7 +290,8 @@ class Schedule:
         if next_wall is None:
             schedule.start(now_mono, now_wall)
             return schedule, 0
-        if next_wall > now_wall:
+        if next_wall > now_wall or schedule.paused:
+            # A paused schedule misses nothing: resume() moves it past the slots it skipped.
             schedule.next_slot = next_wall if schedule.cron else now_mono + (next_wall - now_wall)
             return schedule, 0
         if schedule.every is not None:

@@ -647,6 +647,8 @@ class Supervisor:
             self._on_waiting(worker, msg)
         elif isinstance(msg, protocol.Received):
             self.broker.received(worker, msg.sub_id, msg.message_id)
+        elif isinstance(msg, protocol.Usage):
+            self._judge_usage(worker, msg.rss, msg.cpu)
 
     def _on_hello(self, worker: WorkerHandle) -> None:
         self._start_failures = 0
@@ -691,7 +693,7 @@ class Supervisor:
             record.timer = self._timers.schedule(
                 time.monotonic() + timeout, self._on_timeout, record, timeout
             )
-        if self._config.max_cpu_seconds is not None and worker.slots == 1 and worker.local:
+        if self._config.max_cpu_seconds is not None and worker.slots == 1 and worker.node is None:
             record.cpu_at_start = cpu_seconds(worker.pid)
         self._watch_resources()
         listeners = self._bus.listeners("task_started")
@@ -1259,21 +1261,32 @@ class Supervisor:
             )
 
     def _enforce_resource_limits(self) -> None:
-        """Kill workers over max_memory_mb; stop tasks over max_cpu_seconds (as timeouts)."""
+        """Kill workers over max_memory_mb; stop tasks over max_cpu_seconds (as timeouts).
+
+        A local worker is measured here; a worker on a Dask node measures itself when asked, and
+        its answer (`protocol.Usage`) is judged the same way when it arrives.
+        """
         self._resource_timer = None
         busy = [w for w in self._workers.values() if w.state == "busy"]
         for worker in busy:
-            running = [r for r in self._open_records(worker) if r.status is TaskStatus.RUNNING]
-            if running and not self._over_memory(worker, running):
-                for record in running:
-                    self._check_cpu(worker, record)
+            if worker.node is not None:
+                worker.send(protocol.Measure())
+                continue
+            rss = tree_rss(worker.pid) if self._config.max_memory_mb is not None else None
+            cpu = cpu_seconds(worker.pid) if self._config.max_cpu_seconds is not None else None
+            self._judge_usage(worker, rss, cpu)
         if busy:
             self._watch_resources()
 
-    def _over_memory(self, worker: WorkerHandle, running: list[TaskRecord]) -> bool:
+    def _judge_usage(self, worker: WorkerHandle, rss: int | None, cpu: float | None) -> None:
+        running = [r for r in self._open_records(worker) if r.status is TaskStatus.RUNNING]
+        if running and not self._over_memory(worker, running, rss):
+            for record in running:
+                self._check_cpu(worker, record, cpu)
+
+    def _over_memory(self, worker: WorkerHandle, running: list[TaskRecord], rss: int | None) -> bool:
         """Past max_memory_mb, every task on the worker fails with memory_limit and it is killed."""
         limit = self._config.max_memory_mb
-        rss = tree_rss(worker.pid) if limit is not None and worker.local else None
         if limit is None or rss is None or rss <= limit * 2**20:
             return False
         message = f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}"
@@ -1282,18 +1295,19 @@ class Supervisor:
         self._kill(worker, "memory_limit")
         return True
 
-    def _check_cpu(self, worker: WorkerHandle, record: TaskRecord) -> None:
+    def _check_cpu(self, worker: WorkerHandle, record: TaskRecord, used: float | None) -> None:
+        """A task's CPU time is its worker's, counted from its start: only for one-task workers."""
         limit = self._config.max_cpu_seconds
-        used = cpu_seconds(worker.pid) if limit is not None else None
-        if limit is None or used is None or record.cpu_at_start is None:
+        if limit is None or used is None or worker.slots != 1:
+            return
+        if record.cpu_at_start is None:
+            record.cpu_at_start = used  # a Dask node's first report: counted from there
             return
         if used - record.cpu_at_start > limit:
             spent = used - record.cpu_at_start
             self._stop(
                 record, "timeout", f"the task used {spent:.1f} s of CPU time, over max_cpu_seconds={limit:g}"
             )
-
-    # ----------------------------------------------------------------- shutdown
 
     # ----------------------------------------------------------------- tasks that talk
 
@@ -1492,6 +1506,8 @@ class Supervisor:
         self._schedule_timer = None
         if delay is not None and not self._closing:
             self._schedule_timer = self._timers.schedule(time.monotonic() + delay, action)
+
+    # ----------------------------------------------------------------- shutdown
 
     def begin_shutdown(self, cancel_pending: bool, deadline: float | None, keep_queued: bool = False) -> None:
         """Take no new work; cancel the queue if asked; at ``deadline``, cancel and kill the rest.

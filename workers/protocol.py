@@ -163,6 +163,13 @@ class Deliver:
 
 
 @dataclass(slots=True)
+class Measure:
+    """Host -> worker: report your memory and CPU time (a node the host cannot measure itself)."""
+
+    TAG: ClassVar[int] = 7
+
+
+@dataclass(slots=True)
 class Hello:
     """Worker -> host: the worker is up and reads its pipe."""
 
@@ -274,6 +281,15 @@ class Received:
     message_id: int
 
 
+@dataclass(slots=True)
+class Usage:
+    """Worker -> host: RSS of the worker and its children (bytes), and its CPU seconds so far."""
+
+    TAG: ClassVar[int] = 21
+    rss: int
+    cpu: float
+
+
 Message = (
     RunTask
     | StopTask
@@ -292,6 +308,8 @@ Message = (
     | Call
     | Waiting
     | Received
+    | Measure
+    | Usage
 )
 
 _CLASSES: Final[dict[int, type[Any]]] = {
@@ -314,6 +332,8 @@ _CLASSES: Final[dict[int, type[Any]]] = {
         Call,
         Waiting,
         Received,
+        Measure,
+        Usage,
     )
 }
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {

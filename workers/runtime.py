@@ -153,6 +153,9 @@ class _WorkerRuntime:
             if isinstance(msg, protocol.Reply):
                 self._link.on_reply(msg)
                 continue
+            if isinstance(msg, protocol.Measure):
+                self._send(_usage())
+                continue
             if isinstance(msg, protocol.Deliver):
                 self._on_deliver(msg)
                 continue
@@ -410,6 +413,19 @@ def _failure(task_id: str, kind: str, exc: BaseException, prefix: str = "") -> p
     text = str(exc) or type(exc).__name__
     trace = "".join(traceback.format_exception(exc))
     return protocol.TaskFailed(task_id, kind, prefix + text, trace, type(exc).__name__)
+
+
+def _usage() -> protocol.Usage:
+    """This process's RSS with its children's, and its CPU seconds (psutil, loaded on first use)."""
+    import psutil
+
+    me = psutil.Process()
+    rss = me.memory_info().rss
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            rss += child.memory_info().rss
+    times = me.cpu_times()
+    return protocol.Usage(rss, times.user + times.system)
 
 
 def _process_alive(pid: int) -> bool:

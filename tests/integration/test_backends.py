@@ -332,3 +332,15 @@ def test_idle_node_processes_retire_and_come_back_on_demand(
     again = orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)
     assert again.success
     assert again.worker_pid != first.worker_pid
+
+
+def test_memory_and_cpu_limits_hold_on_dask_nodes(make_orch, dask_cluster) -> None:
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address, max_memory_mb=200,
+                     max_cpu_seconds=0.5, resource_check_interval=0.1)  # fmt: skip
+    hog = orch.wait(orch.submit_task({"type": "allocate", "config": {"mb": 400}}), DEADLOCK_TIMEOUT)
+    assert hog.error.kind == "memory_limit"
+    assert "over max_memory_mb=200" in hog.error.message
+    spinner = orch.wait(orch.submit_task({"type": "busy_cpu"}), DEADLOCK_TIMEOUT)
+    assert spinner.error.kind == "timeout"
+    assert "max_cpu_seconds=0.5" in spinner.error.message
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success

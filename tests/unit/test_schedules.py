@@ -348,3 +348,16 @@ def test_max_runs_removes_the_schedule_after_its_last_firing() -> None:
     assert host.submitted == 2
     assert runner.names() == []
     assert host.armed is None
+
+
+def test_a_paused_schedule_misses_nothing_across_a_restart() -> None:
+    schedule = every(60)
+    schedule.start(0.0, WALL)
+    schedule.paused = True
+    restored, missed = Schedule.from_json("tick", SPEC, schedule.to_json(0.0, WALL), 50.0, WALL + 600)
+    assert missed == 0
+    assert restored.paused
+    assert not restored.is_due(50.0, WALL + 600)
+    restored.resume(50.0, WALL + 600)
+    assert restored.next_slot is not None
+    assert restored.next_slot >= 50.0
