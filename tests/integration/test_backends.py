@@ -30,12 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class SharedCluster:
-    """A Dask scheduler and two workers started as separate programs, like a remote cluster."""
+    """A Dask scheduler and workers started as separate programs, like a remote cluster."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, workers: int = 2, threads: int = 2) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
         scheduler_file = folder / "scheduler.json"
-        resources = ",".join(f"{name}=2" for name in TYPES)
         self._start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                     "--scheduler-file", str(scheduler_file))  # fmt: skip
         deadline = time.monotonic() + DEADLOCK_TIMEOUT
@@ -43,13 +42,20 @@ class SharedCluster:
             assert time.monotonic() < deadline, "the Dask scheduler did not start"
             time.sleep(0.05)
         self.scheduler_address = json.loads(scheduler_file.read_text())["address"]
-        for _ in range(2):
-            self._start("worker", self.scheduler_address, "--host", "127.0.0.1", "--nthreads", "2",
-                        "--no-dashboard", "--resources", resources)  # fmt: skip
+        for _ in range(workers):
+            self.add_worker(threads)
 
-    def _start(self, program: str, *args: str) -> None:
+    def add_worker(self, threads: int) -> subprocess.Popen[bytes]:
+        """Start one more Dask worker offering every test type (its nanny's process is returned)."""
+        resources = ",".join(f"{name}={threads}" for name in TYPES)
+        return self._start("worker", self.scheduler_address, "--host", "127.0.0.1", "--nthreads", str(threads),
+                           "--no-dashboard", "--resources", resources)  # fmt: skip
+
+    def _start(self, program: str, *args: str) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", f"distributed.cli.dask_{program}", *args]
-        self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes.append(process)
+        return process
 
     def workers(self) -> int:
         import distributed
@@ -344,3 +350,35 @@ def test_memory_and_cpu_limits_hold_on_dask_nodes(make_orch, dask_cluster) -> No
     assert spinner.error.kind == "timeout"
     assert "max_cpu_seconds=0.5" in spinner.error.message
     assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+
+
+def test_an_attempt_on_a_dask_worker_that_leaves_is_retried_elsewhere(
+    make_orch, tmp_path: Path, recorder: Recorder
+) -> None:
+    import distributed
+
+    cluster = SharedCluster(tmp_path, workers=1, threads=1)
+    try:
+        orch = make_orch(backend="dask", dask_address=cluster.scheduler_address)
+        orch.on("task_started", recorder)
+        task_id = orch.submit_task({"type": "logged", "retries": 1,
+                                    "config": {"log": str(tmp_path / "runs"), "hang": True}})  # fmt: skip
+        recorder.wait_for(lambda events: len(events) == 1)
+        with distributed.Client(cluster.scheduler_address, timeout=DEADLOCK_TIMEOUT) as client:
+            (left,) = client.scheduler_info()["workers"]
+        # The Dask worker dies (its nanny starts a new one, at a new address).
+        nanny = psutil.Process(cluster.processes[1].pid)
+        (dask_worker,) = [c for c in nanny.children() if "spawn_main" in " ".join(c.cmdline())]
+        dask_worker.kill()
+        result = orch.wait(task_id, DEADLOCK_TIMEOUT)
+        assert result.success
+        assert result.attempts == 2
+        recorder.wait_for(lambda events: len(events) == 2)
+        assert recorder.events[1].pid != recorder.events[0].pid
+        with distributed.Client(cluster.scheduler_address, timeout=DEADLOCK_TIMEOUT) as client:
+            (joined,) = client.scheduler_info()["workers"]
+        assert joined != left
+        assert [w.worker_id for w in orch.get_workers()] == [f"{joined}/0"]
+        orch.shutdown()
+    finally:
+        cluster.close()
