@@ -118,7 +118,6 @@ def _snapshots(name: str | None) -> list[dict[str, Any]]:
     for endpoint in live:
         try:
             snapshot = endpoint.request("status")
-            snapshot["workers"] = endpoint.request("workers")
         except ClientError as exc:
             click.echo(f"skipped {endpoint.name}: {exc}", err=True)
             continue

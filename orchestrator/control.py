@@ -17,12 +17,9 @@ import socket
 import stat
 import struct
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-
-import psutil
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import EVENT_NAMES, Event, TaskStatus
@@ -59,7 +56,6 @@ class ControlServer:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._processes: dict[int, psutil.Process] = {}
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": self._status,
             "workers": self._workers,
@@ -180,27 +176,11 @@ class ControlServer:
     # ----------------------------------------------------------------- operations
 
     def _status(self, request: dict[str, Any]) -> dict[str, Any]:
-        orchestrator = self._orchestrator
-        status = orchestrator.get_status()
-        return {
-            "name": orchestrator.config.name,
-            "pid": os.getpid(),
-            "uptime_s": status.uptime_s,
-            "tasks_per_s": orchestrator._tasks_per_second(),
-            "status": status.model_dump(mode="json"),
-            "schedules": [info.model_dump(mode="json") for info in orchestrator.schedules()],
-            "dask_workers": orchestrator._cluster_nodes(),
-        }
+        return self._orchestrator.snapshot()
 
     def _workers(self, request: dict[str, Any]) -> list[dict[str, Any]]:
-        rows = []
-        for worker in self._orchestrator.get_workers():
-            row = worker.model_dump(mode="json")
-            row["cpu_percent"] = self._cpu_percent(worker.pid)
-            progress = self._orchestrator._progress_of(worker.current_task)
-            row["progress"] = progress.model_dump(mode="json") if progress else None
-            rows.append(row)
-        return rows
+        workers: list[dict[str, Any]] = self._orchestrator.snapshot()["workers"]
+        return workers
 
     def _tasks(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         limit = _argument(request, "limit", int, 100)
@@ -264,23 +244,6 @@ class ControlServer:
             send_frame(connection, event.model_dump(mode="json"))
             if task_id is not None and event.event in _FINAL_EVENTS:
                 return
-
-    def _cpu_percent(self, pid: int | None) -> float | None:
-        """CPU% since the last look (the first look: the average since the worker started)."""
-        if pid is None:
-            return None
-        try:
-            process = self._processes.get(pid)
-            if process is None:
-                process = self._processes[pid] = psutil.Process(pid)
-                times = process.cpu_times()
-                elapsed = max(time.time() - process.create_time(), 1e-6)
-                process.cpu_percent(interval=None)
-                return round(100 * (times.user + times.system) / elapsed, 1)
-            return float(process.cpu_percent(interval=None))
-        except psutil.Error:
-            self._processes.pop(pid, None)
-            return None
 
 
 def prepare_runtime_dir() -> Path:

@@ -39,6 +39,7 @@ from orchestrator.errors import (
 from orchestrator.events import EventBus
 from orchestrator.graph import status_counts
 from orchestrator.journal import Journal, JournalRow, journal_result, restore_result
+from orchestrator.limits import CpuMeter
 from orchestrator.models import (
     ErrorKind,
     GroupStatus,
@@ -97,6 +98,7 @@ class ParallelOrchestrator:
         self._recovered: list[str] = []
         # On Dask: the task types some node of the cluster offers now, and the cluster's workers.
         self._offered_types: Callable[[], set[str]] | None = None
+        self._cpu_meter = CpuMeter()
         self._cluster_nodes: Callable[[], list[dict[str, Any]]] = list
         self._state: _State = "created"
         self._lifecycle_lock = threading.Lock()
@@ -786,6 +788,34 @@ class ParallelOrchestrator:
             local = row.pop("local")
             infos.append(WorkerInfo(**row, rss_bytes=_rss(row["pid"]) if local else None))
         return infos
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything ``orch status --json`` shows of this orchestrator, as one JSON-ready dict.
+
+        Keys: ``name``, ``pid``, ``uptime_s``, ``tasks_per_s`` (last minute), ``status`` (the
+        fields of `get_status`), ``workers`` (those of `get_workers`, with ``cpu_percent`` since
+        the previous snapshot and the current task's ``progress``), ``schedules`` and
+        ``dask_workers``. For hosts that render their own view ("what are you doing?").
+        """
+        status = self.get_status()
+        workers = []
+        for worker in self.get_workers():
+            row = worker.model_dump(mode="json")
+            row["cpu_percent"] = self._cpu_meter.percent(worker.pid) if worker.rss_bytes is not None else None
+            progress = self._progress_of(worker.current_task)
+            row["progress"] = progress.model_dump(mode="json") if progress else None
+            workers.append(row)
+        running = self._supervisor is not None and self._state == "running"
+        return {
+            "name": self.config.name,
+            "pid": os.getpid(),
+            "uptime_s": status.uptime_s,
+            "tasks_per_s": self._tasks_per_second() if running else 0.0,
+            "status": status.model_dump(mode="json"),
+            "workers": workers,
+            "schedules": [info.model_dump(mode="json") for info in self.schedules()] if running else [],
+            "dask_workers": self._cluster_nodes() if running else [],
+        }
 
     def get_status(self) -> OrchestratorStatus:
         """A snapshot of the pool, the queue and the task counts."""

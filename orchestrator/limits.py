@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 
 import psutil
 
@@ -55,3 +56,27 @@ def kill_process_tree(pid: int | None, sig: signal.Signals = signal.SIGKILL) -> 
     for process in reversed(processes):
         with contextlib.suppress(psutil.Error):
             process.send_signal(sig)
+
+
+class CpuMeter:
+    """CPU% of processes between two looks (the first look: the average since the process began)."""
+
+    def __init__(self) -> None:
+        self._processes: dict[int, psutil.Process] = {}
+
+    def percent(self, pid: int | None) -> float | None:
+        """The CPU% of ``pid`` since the previous call for it; None when it is gone."""
+        if pid is None:
+            return None
+        try:
+            process = self._processes.get(pid)
+            if process is None:
+                process = self._processes[pid] = psutil.Process(pid)
+                times = process.cpu_times()
+                elapsed = max(time.time() - process.create_time(), 1e-6)
+                process.cpu_percent(interval=None)
+                return round(100 * (times.user + times.system) / elapsed, 1)
+            return float(process.cpu_percent(interval=None))
+        except psutil.Error:
+            self._processes.pop(pid, None)
+            return None
