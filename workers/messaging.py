@@ -300,8 +300,8 @@ class Link:
         return protocol.unpack_payload(reply.value)
 
 
-class Subscription:
-    """Messages on one topic for a running task; `receive` blocks (the task's slot is lent out)."""
+class _Subscribed:
+    """What both kinds of subscription share: the open subscription and how it closes."""
 
     def __init__(self, link: Link, task_id: str, topic: str) -> None:
         self.topic = topic
@@ -310,11 +310,23 @@ class Subscription:
         self._sub_id, self._buffer = link.subscribe(task_id, topic)
         self._closed = False
 
+    def close(self) -> None:
+        """Stop receiving (messages already buffered are discarded)."""
+        self._closed = True
+        self._link.unsubscribe(self._task_id, self._sub_id)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"the subscription to {self.topic!r} is closed")
+
+
+class Subscription(_Subscribed):
+    """Messages on one topic for a running task; `receive` blocks (the task's slot is lent out)."""
+
     def receive(self, timeout: float | None = None) -> Message:
         """The next message; `TimeoutError` if none comes within ``timeout`` seconds."""
         _refuse_in_event_loop("receive", "subscribe_async")
-        if self._closed:
-            raise RuntimeError(f"the subscription to {self.topic!r} is closed")
+        self._check_open()
         message = self._buffer.take()
         if message is not None:
             return message
@@ -327,11 +339,6 @@ class Subscription:
                 self._buffer.cond.wait(left)
         return message
 
-    def close(self) -> None:
-        """Stop receiving (messages already buffered are discarded)."""
-        self._closed = True
-        self._link.unsubscribe(self._task_id, self._sub_id)
-
     def __enter__(self) -> Self:
         return self
 
@@ -343,15 +350,11 @@ class Subscription:
             yield self.receive()
 
 
-class AsyncSubscription:
+class AsyncSubscription(_Subscribed):
     """`Subscription` for async handlers: ``await sub.receive()`` and ``async for msg in sub``."""
 
     def __init__(self, link: Link, task_id: str, topic: str) -> None:
-        self.topic = topic
-        self._link = link
-        self._task_id = task_id
-        self._sub_id, self._buffer = link.subscribe(task_id, topic)
-        self._closed = False
+        super().__init__(link, task_id, topic)
         loop = asyncio.get_running_loop()
         self._arrived = asyncio.Event()
 
@@ -362,8 +365,7 @@ class AsyncSubscription:
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message; `TimeoutError` if none comes within ``timeout`` seconds."""
-        if self._closed:
-            raise RuntimeError(f"the subscription to {self.topic!r} is closed")
+        self._check_open()
         message = self._buffer.take()
         if message is not None:
             return message
@@ -375,11 +377,6 @@ class AsyncSubscription:
                         break
                     await self._arrived.wait()
         return message
-
-    def close(self) -> None:
-        """Stop receiving (messages already buffered are discarded)."""
-        self._closed = True
-        self._link.unsubscribe(self._task_id, self._sub_id)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
