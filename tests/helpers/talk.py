@@ -113,9 +113,7 @@ def parent(ctx: TaskContext) -> Any:
 def member(ctx: TaskContext) -> Any:
     """A team member: ready, then for each round publish a finding and revise it by the others'."""
     team, size, rounds = ctx.config["team"], ctx.config["size"], ctx.config["rounds"]
-    subscription = ctx.subscribe(team)
-    ctx.publish(team, {"kind": "ready", "from": ctx.task_id})
-    _until_go(subscription)
+    subscription = _join_team(ctx, team)
     value = ctx.config["seed"]
     early: dict[int, list[float]] = {}
     for round_no in range(rounds):
@@ -136,9 +134,7 @@ def member(ctx: TaskContext) -> Any:
 def judge(ctx: TaskContext) -> Any:
     """Subscribed before round 0 like the members; returns the findings of the last round."""
     team, size, rounds = ctx.config["team"], ctx.config["size"], ctx.config["rounds"]
-    subscription = ctx.subscribe(team)
-    ctx.publish(team, {"kind": "ready", "from": ctx.task_id})
-    _until_go(subscription)
+    subscription = _join_team(ctx, team)
     last = []
     while len(last) < size:
         data = subscription.receive(timeout=RECEIVE_TIMEOUT).data
@@ -147,9 +143,13 @@ def judge(ctx: TaskContext) -> Any:
     return sorted(last)
 
 
-def _until_go(subscription: workers.Subscription) -> None:
+def _join_team(ctx: TaskContext, team: str) -> workers.Subscription:
+    """Subscribe to the team topic, say ready, and return once the host says go."""
+    subscription = ctx.subscribe(team)
+    ctx.publish(team, {"kind": "ready", "from": ctx.task_id})
     while subscription.receive(timeout=RECEIVE_TIMEOUT).data["kind"] != "go":
         pass
+    return subscription
 
 
 async def async_listener(ctx: TaskContext) -> Any:

@@ -42,19 +42,25 @@ if __name__ == "__main__":
 """
 
 
-def test_a_killed_host_loses_nothing(make_orch, tmp_path: Path) -> None:
-    journal = str(tmp_path / "journal.db")
-    log = tmp_path / "runs.log"
+def lines_then_kill(tmp_path: Path, script_text: str, count: int, **values: str) -> list[str]:
+    """Run a host script, read ``count`` lines it prints, then SIGKILL it (the crash under test)."""
     script = tmp_path / "host.py"
-    script.write_text(textwrap.dedent(HOST.format(root=str(ROOT), journal=journal, log=str(log))))
+    script.write_text(textwrap.dedent(script_text.format(root=str(ROOT), **values)))
     host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        done_id = host.stdout.readline().split()[1]
-        assert host.stdout.readline().strip() == "ready"
+        return [host.stdout.readline().strip() for _ in range(count)]
     finally:
         host.kill()
         host.wait()
         host.stdout.close()
+
+
+def test_a_killed_host_loses_nothing(make_orch, tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.db")
+    log = tmp_path / "runs.log"
+    done_line, ready = lines_then_kill(tmp_path, HOST, 2, journal=journal, log=str(log))
+    done_id = done_line.split()[1]
+    assert ready == "ready"
     orch = make_orch(max_workers=2, task_queue_size=10, journal_path=journal, handlers=HANDLERS)
     recovered = orch.recovered_tasks()
     assert len(recovered) == 202
@@ -262,15 +268,7 @@ if __name__ == "__main__":
 
 def test_every_returned_submit_survives_a_kill_mid_burst(make_orch, tmp_path: Path) -> None:
     journal = str(tmp_path / "journal.db")
-    script = tmp_path / "burst.py"
-    script.write_text(textwrap.dedent(BURST.format(root=str(ROOT), journal=journal)))
-    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        returned = [host.stdout.readline().strip() for _ in range(300)]
-    finally:
-        host.kill()
-        host.wait()
-        host.stdout.close()
+    returned = lines_then_kill(tmp_path, BURST, 300, journal=journal)
     orch = make_orch(journal_path=journal, handlers=HANDLERS, max_workers=2)
     known = set(orch.recovered_tasks())
     assert all(task_id in known or orch.get_result(task_id) is not None for task_id in returned)
@@ -299,15 +297,7 @@ if __name__ == "__main__":
 
 def test_a_recovered_parents_earlier_children_end_interrupted(make_orch, tmp_path: Path) -> None:
     journal = str(tmp_path / "journal.db")
-    script = tmp_path / "host.py"
-    script.write_text(textwrap.dedent(PARENT_HOST.format(root=str(ROOT), journal=journal)))
-    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        parent, attached, detached = host.stdout.readline().split()
-    finally:
-        host.kill()
-        host.wait()
-        host.stdout.close()
+    parent, attached, detached = lines_then_kill(tmp_path, PARENT_HOST, 1, journal=journal)[0].split()
     orch = make_orch(max_workers=2, journal_path=journal, handlers=HANDLERS)
     assert orch.recovered_tasks() == [parent, attached, detached]
     child = orch.wait(attached, DEADLOCK_TIMEOUT)
