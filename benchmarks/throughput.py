@@ -2,10 +2,13 @@
 
     python -m benchmarks.throughput [--workers 2] [--repeat 5] [--start-method fork]
     python -m benchmarks.throughput --journal [--repeat 5] [--long 200000]
+    python -m benchmarks.throughput --features [--repeat 5]
 
 The first form is the suite's throughput benchmark (see benchmarks/suite.py). With ``--journal``
 it compares this orchestrator with the SQLite journal on and off in the same run (20,000 no-ops),
 then runs ``--long`` tasks with the journal on and eviction at its default, printing host RSS.
+With ``--features`` it measures the cost of each optional feature alone: the journal, Prometheus
+metrics (``metrics_port``) and per-task log records (``log_tasks``, no handler installed).
 """
 
 from __future__ import annotations
@@ -21,30 +24,41 @@ from benchmarks.suite import main as suite_main
 NOOPS = 20_000
 
 
-def journal_cost(repeat: int, workers: int) -> None:
-    """No-op throughput with the journal off and on; the cost of durability."""
+# What each feature adds to the config; "{folder}" becomes a fresh temporary directory.
+FEATURES: dict[str, dict[str, object]] = {
+    "journal": {"journal_path": "{folder}/journal.db"},
+    "metrics": {"metrics_port": 0},
+    "log_tasks": {"log_tasks": True},
+}
+
+
+def feature_cost(features: list[str], repeat: int, workers: int) -> None:
+    """No-op throughput with nothing on, then with each feature on, in alternation."""
     from orchestrator import ParallelOrchestrator
 
-    rates: dict[str, list[float]] = {"journal off": [], "journal on": []}
+    rates: dict[str, list[float]] = {label: [] for label in ["off", *features]}
     for _ in range(repeat):
         for label in rates:
             with tempfile.TemporaryDirectory() as folder:
-                journal = f"{folder}/journal.db" if label == "journal on" else None
+                overrides = {
+                    key: value.format(folder=folder) if isinstance(value, str) else value
+                    for key, value in FEATURES.get(label, {}).items()
+                }
                 with ParallelOrchestrator(max_workers=workers, min_workers=workers, task_queue_size=NOOPS,
-                                          journal_path=journal, control_socket=False,
-                                          handlers={"noop": "benchmarks.tasks:noop"}) as orch:  # fmt: skip
+                                          control_socket=False, handlers={"noop": "benchmarks.tasks:noop"},
+                                          **overrides) as orch:  # fmt: skip
                     for task_id in [orch.submit_task({"type": "noop"}) for _ in range(workers * 2)]:
                         orch.wait(task_id)
                     started = time.perf_counter()
                     for task_id in [orch.submit_task({"type": "noop"}) for _ in range(NOOPS)]:
                         orch.wait(task_id)
                     rates[label].append(NOOPS / (time.perf_counter() - started))
-    off, on = (statistics.median(rates[label]) for label in rates)
     print(f"{NOOPS} no-op tasks, {workers} workers, {repeat} runs")
+    off = statistics.median(rates["off"])
     for label, series in rates.items():
         median = statistics.median(series)
-        print(f"  {label:<12}{median:>9,.0f}/s  (min {min(series):,.0f}, max {max(series):,.0f})")
-    print(f"  the journal costs {100 * (1 - on / off):.0f}% of no-op throughput")
+        cost = "" if label == "off" else f"  costs {100 * (1 - median / off):.0f}% of no-op throughput"
+        print(f"  {label:<12}{median:>9,.0f}/s  (min {min(series):,.0f}, max {max(series):,.0f}){cost}")
 
 
 def long_run_memory(tasks: int, workers: int) -> None:
@@ -72,20 +86,26 @@ def long_run_memory(tasks: int, workers: int) -> None:
 
 
 def main() -> None:
-    if "--journal" not in sys.argv:
+    if not {"--journal", "--features"} & set(sys.argv):
         sys.argv[1:1] = ["--only", "throughput"]
         suite_main()
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--journal", action="store_true")
+    parser.add_argument("--journal", action="store_true", help="the journal's cost and a long run's memory")
+    parser.add_argument(
+        "--features", action="store_true", help="the cost of each feature: journal, metrics, logs"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--long", type=int, default=200_000, help="tasks of the memory run")
     args = parser.parse_args()
-    journal_cost(args.repeat, args.workers)
-    long_run_memory(args.long, args.workers)
+    if args.features:
+        feature_cost(list(FEATURES), args.repeat, args.workers)
+    else:
+        feature_cost(["journal"], args.repeat, args.workers)
+        long_run_memory(args.long, args.workers)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         TaskNotFoundError,
         UnknownTaskTypeError,
     )
+    from orchestrator.logs import JsonLogFormatter, TextLogFormatter
     from orchestrator.models import (
         CollectionCompletedEvent,
         Event,
@@ -82,6 +83,8 @@ _EXPORTS: dict[str, str] = {
     "ScheduleInfo": "orchestrator.models",
     "ScheduleFiredEvent": "orchestrator.models",
     "ScheduleMissedEvent": "orchestrator.models",
+    "JsonLogFormatter": "orchestrator.logs",
+    "TextLogFormatter": "orchestrator.logs",
 }
 
 __all__ = [
@@ -91,6 +94,7 @@ __all__ = [
     "GroupNotFoundError",
     "GroupStatus",
     "InvalidTaskError",
+    "JsonLogFormatter",
     "Message",
     "OrchestratorClosedError",
     "OrchestratorConfig",
@@ -115,6 +119,7 @@ __all__ = [
     "TaskSpec",
     "TaskStartedEvent",
     "TaskStatus",
+    "TextLogFormatter",
     "UnknownTaskTypeError",
     "WorkerExitedEvent",
     "WorkerInfo",

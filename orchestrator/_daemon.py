@@ -28,7 +28,9 @@ def run_daemon(fields: dict[str, Any], name: str | None, grace: float) -> None:
         signal.signal(signum, lambda *_: stop.set())
     orchestrator.initialize()
     control = orchestrator._control
-    where = control.path if control is not None else "no control socket"
+    where = str(control.path) if control is not None else "no control socket"
+    if orchestrator.metrics_url:
+        where += f", metrics on {orchestrator.metrics_url}"
     print(f"orchestrator {orchestrator.config.name!r} running (pid {os.getpid()}, {where})", flush=True)
     while not stop.wait(3600):
         pass

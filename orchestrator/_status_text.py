@@ -16,7 +16,8 @@ def render_text(snapshots: list[dict[str, Any]]) -> str:
 def _orchestrator(snapshot: dict[str, Any]) -> str:
     status = snapshot["status"]
     header = (
-        f"{snapshot['name']}  pid {snapshot['pid']}  up {_duration(snapshot['uptime_s'])}\n"
+        f"{snapshot['name']}  pid {snapshot['pid']}  up {_duration(snapshot['uptime_s'])}"
+        f"{_metrics(snapshot.get('metrics_url'))}\n"
         f"workers {status['busy']} busy / {status['idle']} idle / {status['max_workers']} max   "
         f"queued {status['queued']}  running {status['running']}  completed {status['completed']}  "
         f"failed {status['failed']}  cancelled {status['cancelled']}   "
@@ -29,6 +30,10 @@ def _orchestrator(snapshot: dict[str, Any]) -> str:
     if snapshot.get("schedules"):
         text += "\n\n" + render_schedules(snapshot["schedules"])
     return text
+
+
+def _metrics(url: str | None) -> str:
+    return f"  metrics {url}" if url else ""
 
 
 def _dask_workers(nodes: list[dict[str, Any]]) -> str:

@@ -150,13 +150,22 @@ def _watch_status(name: str | None) -> None:
     type=click.FloatRange(min=0),
     help="seconds running tasks get at SIGTERM/SIGINT",
 )
-def run(config_file: Path | None, name: str | None, grace: float) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="serve Prometheus /metrics on this port (0: any free one; host: metrics_host, 127.0.0.1)",
+)
+def run(config_file: Path | None, name: str | None, grace: float, metrics_port: int | None) -> None:
     """Run a standalone orchestrator in the foreground until SIGTERM or Ctrl-C."""
     from orchestrator._daemon import run_daemon
     from orchestrator.errors import OrchestratorError
 
+    fields = _load_config(config_file)
+    if metrics_port is not None:
+        fields["metrics_port"] = metrics_port
     try:
-        run_daemon(_load_config(config_file), name, grace)
+        run_daemon(fields, name, grace)
     except OrchestratorError as exc:
         raise OrchCliError(str(exc)) from exc
 

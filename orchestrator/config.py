@@ -59,7 +59,15 @@ class OrchestratorConfig(BaseModel):
         default_factory=dict, description='extra task types: name -> "module:function"'
     )
     start_method: StartMethod = "forkserver"
-    enable_logging: bool = False
+    enable_logging: bool = Field(False, description="print the library's log records to stderr")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="with enable_logging: text lines, or one JSON object per line"
+    )
+    log_tasks: bool = Field(False, description="log each task's lifecycle at INFO (else at DEBUG)")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, strict=True, description="serve Prometheus /metrics here (0: any free port)"
+    )
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="the address /metrics listens on")
     control_socket: bool = Field(True, description="serve a control socket for the orch CLI")
     journal_path: str | None = Field(None, description="SQLite journal: tasks survive a host crash")
     max_results_in_memory: int = Field(

@@ -40,6 +40,8 @@ from orchestrator.events import EventBus
 from orchestrator.graph import status_counts
 from orchestrator.journal import Journal, JournalRow, journal_result, restore_result
 from orchestrator.limits import CpuMeter
+from orchestrator.logs import enable_logging
+from orchestrator.metrics import Metrics
 from orchestrator.models import (
     ErrorKind,
     GroupStatus,
@@ -102,8 +104,9 @@ class ParallelOrchestrator:
         self._cluster_nodes: Callable[[], list[dict[str, Any]]] = list
         self._state: _State = "created"
         self._lifecycle_lock = threading.Lock()
+        self._metrics: Metrics | None = None
         if self.config.enable_logging:
-            _enable_logging()
+            enable_logging(self.config.log_format)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -121,11 +124,13 @@ class ParallelOrchestrator:
                 raise OrchestratorClosedError("this orchestrator was shut down; create a new one")
             journal = Journal(self.config.journal_path) if self.config.journal_path else None
             try:
+                self._metrics = self._serve_metrics()
                 if self.config.control_socket:
                     self._control = ControlServer(self)
                     self._control.start()
                 pool, supervisor_config = self._start_pool(journal)
             except OrchestratorError:
+                self._close_metrics()
                 self._close_control()
                 if journal is not None:
                     journal.close()
@@ -142,7 +147,10 @@ class ParallelOrchestrator:
                 journal,
                 self._admit_scheduled,
                 self._admit_child,
+                self._metrics,
             )
+            if self._metrics is not None:
+                self._metrics.watch(self._supervisor.metrics_state)
             if journal is not None:
                 self._supervisor.schedules.restore(self._recover_schedules(journal))
             self._bus.start()
@@ -154,6 +162,20 @@ class ParallelOrchestrator:
             self._state = "running"
             _live.add(self)
         logger.info("orchestrator %r started (max_workers=%d)", self.config.name, self.config.max_workers)
+
+    def _serve_metrics(self) -> Metrics | None:
+        """Bind /metrics first, so a port in use fails before any worker starts."""
+        config = self.config
+        if config.metrics_port is None:
+            return None
+        metrics = Metrics(config.name, config.backend, sorted(self._handlers))
+        metrics.serve(config.metrics_host, config.metrics_port)
+        return metrics
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The URL of this orchestrator's Prometheus endpoint while it serves one (``metrics_port``)."""
+        return None if self._metrics is None else self._metrics.url
 
     def _start_pool(self, journal: Journal | None) -> tuple[ProcessPool, OrchestratorConfig]:
         """The local process pool, or one on a Dask cluster sized by the cluster's threads."""
@@ -215,6 +237,7 @@ class ParallelOrchestrator:
         self._supervisor.thread.join()
         self._bus.close()
         self._close_control()
+        self._close_metrics()
         self._close_journal()
         self._state = "closed"
         _live.discard(self)
@@ -222,6 +245,10 @@ class ParallelOrchestrator:
     def _close_journal(self) -> None:
         if self._journal is not None:
             self._journal.close()
+
+    def _close_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
 
     def _close_control(self) -> None:
         if self._control is not None:
@@ -795,7 +822,8 @@ class ParallelOrchestrator:
         Keys: ``name``, ``pid``, ``uptime_s``, ``tasks_per_s`` (last minute), ``status`` (the
         fields of `get_status`), ``workers`` (those of `get_workers`, with ``cpu_percent`` since
         the previous snapshot and the current task's ``progress``), ``schedules`` and
-        ``dask_workers``. For hosts that render their own view ("what are you doing?").
+        ``dask_workers``, and ``metrics_url`` (None without ``metrics_port``). For hosts that
+        render their own view ("what are you doing?").
         """
         status = self.get_status()
         workers = []
@@ -815,6 +843,7 @@ class ParallelOrchestrator:
             "workers": workers,
             "schedules": [info.model_dump(mode="json") for info in self.schedules()] if running else [],
             "dask_workers": self._cluster_nodes() if running else [],
+            "metrics_url": self.metrics_url,
         }
 
     def get_status(self) -> OrchestratorStatus:
@@ -1101,15 +1130,6 @@ def _rss(pid: int | None) -> int | None:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return None
-
-
-def _enable_logging() -> None:
-    if not any(getattr(h, "_orchestrator", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        handler._orchestrator = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
 
 
 @atexit.register

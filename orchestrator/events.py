@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from orchestrator.logs import TaskRef, task_extra
 from orchestrator.models import EVENT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -147,10 +148,12 @@ class EventBus:
                 logger.exception("event delivery %r failed", delivery.deliver)
 
 
-def call_each(callbacks: tuple[Callback, ...], value: Any, what: str) -> None:
-    """Call every callback with ``value``; one that raises is logged and the rest still run."""
+def call_each(callbacks: tuple[Callback, ...], value: Any, what: str, about: TaskRef | None = None) -> None:
+    """Call every callback with ``value``; one that raises is logged (with the task ``about``
+    when the value concerns one) and the rest still run."""
     for callback in callbacks:
         try:
             callback(value)
         except Exception:
-            logger.exception("callback %r for %s raised; ignored", callback, what)
+            extra = task_extra(*about) if about is not None else None
+            logger.exception("callback %r for %s raised; ignored", callback, what, extra=extra)

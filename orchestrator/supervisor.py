@@ -41,7 +41,9 @@ from orchestrator.events import Callback, EventBus, call_each
 from orchestrator.graph import Collection, TaskGraph, status_counts
 from orchestrator.journal import Journal, journal_result
 from orchestrator.limits import cpu_seconds, tree_rss
+from orchestrator.logs import TaskRef, task_extra, task_logger
 from orchestrator.messaging import Broker
+from orchestrator.metrics import Metrics, WorkerReading
 from orchestrator.models import (
     CollectionCompletedEvent,
     ErrorKind,
@@ -143,6 +145,8 @@ class TaskRecord:
     # Blocked in ctx.wait or receive, its slot lent to other work.
     released: bool = False
     needed_by: int = 0
+    # When it last entered the ready queue (monotonic): the start of its queue wait.
+    ready_at: float = 0.0
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
 
 
@@ -206,8 +210,11 @@ class Supervisor:
         journal: Journal | None = None,
         admit: Callable[[TaskSpec, float], TaskRecord] | None = None,
         admit_child: Callable[[dict[str, Any], TaskRecord, bool], TaskRecord] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics
+        self._log_tasks = config.log_tasks
         self._tasks = tasks
         self._queue_slots = queue_slots
         self._bus = bus
@@ -383,6 +390,10 @@ class Supervisor:
 
     def _accept_one(self, record: TaskRecord) -> None:
         self._counts[TaskStatus.QUEUED] += 1
+        spec = record.spec
+        if self._metrics is not None:
+            self._metrics.task_queued(spec.type, spec.priority)
+        self._log_task(record, logging.INFO, "task %s queued (priority %d)", record.task_id, spec.priority)
         self._announce_queued(record)
         self._graph.join(record)
         failed = self._graph.link(record, self._tasks)
@@ -402,6 +413,7 @@ class Supervisor:
             record.timer = self._timers.schedule(record.due, self._make_ready, record)
             return
         record.in_ready = True
+        record.ready_at = time.monotonic()
         self._ready.push(record.spec.type, record.spec.priority, record.due, record.seq, record.task_id)
 
     def _arm_delayed(self) -> None:
@@ -434,7 +446,8 @@ class Supervisor:
                 recovered=record.recovered,
                 parent=record.parent,
             )
-            self._bus.post(record.task_id, call_each, listeners, event, "task_queued")
+            about = (record.task_id, record.spec.type, None)
+            self._bus.post(record.task_id, call_each, listeners, event, "task_queued", about)
 
     def _dispatch_ready_tasks(self) -> None:
         if not self._ready:
@@ -688,6 +701,18 @@ class Supervisor:
         record.started_at = time.time()
         record.worker_pid = worker.pid
         worker.last_active = record.started_at
+        if self._metrics is not None:
+            self._metrics.task_started(
+                record.spec.type, record.spec.priority, time.monotonic() - record.ready_at
+            )
+        self._log_task(
+            record,
+            logging.INFO,
+            "task %s started on worker %s (attempt %d)",
+            task_id,
+            worker.worker_id,
+            record.attempts,
+        )
         timeout = record.spec.timeout or self._config.default_task_timeout
         if timeout is not None:
             record.timer = self._timers.schedule(
@@ -708,7 +733,8 @@ class Supervisor:
                 attempt=record.attempts,
                 parent=record.parent,
             )
-            self._bus.post(task_id, call_each, listeners, event, "task_started")
+            about = (task_id, record.spec.type, worker.pid)
+            self._bus.post(task_id, call_each, listeners, event, "task_started", about)
 
     def _on_progress(self, worker: WorkerHandle, msg: protocol.TaskProgress) -> None:
         record = self._active_record(worker, msg.task_id)
@@ -720,7 +746,13 @@ class Supervisor:
         listeners = self._bus.listeners("task_progress")
         if listeners or record.on_progress is not None:
             self._bus.post(
-                msg.task_id, _deliver_progress, record.on_progress, listeners, progress, coalescible=True
+                msg.task_id,
+                _deliver_progress,
+                record.on_progress,
+                listeners,
+                progress,
+                (msg.task_id, record.spec.type, worker.pid),
+                coalescible=True,
             )
 
     def _on_partial(self, worker: WorkerHandle, msg: protocol.TaskPartial) -> None:
@@ -748,7 +780,8 @@ class Supervisor:
                 index=index,
                 data=data,
             )
-            self._bus.post(msg.task_id, call_each, listeners, event, "task_partial", partial=True)
+            about = (msg.task_id, record.spec.type, worker.pid)
+            self._bus.post(msg.task_id, call_each, listeners, event, "task_partial", about, partial=True)
 
     def _on_task_reply(self, worker: WorkerHandle, msg: protocol.TaskDone | protocol.TaskFailed) -> None:
         record = self._active_record(worker, msg.task_id)
@@ -808,6 +841,8 @@ class Supervisor:
         retry_after: float | None = None,
     ) -> None:
         """End an attempt without a result: retry it if its spec allows, else finish the task."""
+        if self._metrics is not None:
+            self._metrics.attempt_failed(record.spec.type, kind)
         if self._may_retry(record, kind):
             self._retry_later(record, kind, message, retry_after)
             return
@@ -829,6 +864,9 @@ class Supervisor:
         It keeps its id and priority.
         """
         self._detach(record)
+        if self._metrics is not None:
+            was_running = record.status is TaskStatus.RUNNING
+            self._metrics.task_requeued(record.spec.type, record.spec.priority, was_running, kind)
         self._counts[record.status] -= 1
         self._counts[TaskStatus.QUEUED] += 1
         record.status = TaskStatus.QUEUED
@@ -839,7 +877,9 @@ class Supervisor:
             delay = max(0.0, retry_after)
         else:
             delay = record.spec.retry_backoff * 2 ** (record.attempts - 1) * random.uniform(0.5, 1.0)
-        logger.info(
+        self._log_task(
+            record,
+            logging.INFO,
             "task %s attempt %d failed (%s: %s); retrying in %.2f s",
             record.task_id,
             record.attempts,
@@ -903,8 +943,15 @@ class Supervisor:
             duration_s=None if started is None else finished - started,
             parent=record.parent,
         )
+        if self._metrics is not None:
+            was_running = record.status is TaskStatus.RUNNING
+            kind = error.kind if error else None
+            self._metrics.task_finished(
+                record.spec.type, record.spec.priority, was_running, status.value, kind, result.duration_s
+            )
         record.status = status
         record.result = result
+        self._log_final(record, result)
         if self._journal is not None:
             self._journal.finished(record.task_id, status.value, record.attempts, journal_result(result))
         for notify in record.waiters:
@@ -924,12 +971,33 @@ class Supervisor:
                 dependency.needed_by -= 1
         self._retain(record)
 
+    def _log_final(self, record: TaskRecord, result: TaskResult) -> None:
+        if result.success:
+            self._log_task(
+                record, logging.INFO, "task %s completed in %.3f s", record.task_id, result.duration_s or 0.0
+            )
+        elif result.error is not None and result.status is TaskStatus.ERROR:
+            kind, message = result.error.kind, result.error.message
+            self._log_task(record, logging.WARNING, "task %s failed (%s): %s", record.task_id, kind, message)
+        else:
+            message = result.error.message if result.error else "cancelled"
+            self._log_task(record, logging.INFO, "task %s %s", record.task_id, message)
+
+    def _log_task(self, record: TaskRecord, level: int, message: str, *args: Any) -> None:
+        """A record about a task's lifecycle: at ``level`` with log_tasks, else at DEBUG."""
+        if not self._log_tasks:
+            level = logging.DEBUG
+        if task_logger.isEnabledFor(level):
+            extra = task_extra(record.task_id, record.spec.type, record.worker_pid)
+            task_logger.log(level, message, *args, extra=extra)
+
     def _announce_final(self, record: TaskRecord, result: TaskResult) -> None:
         name = _FINAL_EVENT[result.status]
         listeners = self._bus.listeners(name)
         callback = record.on_complete if result.success else record.on_error
         if listeners or callback is not None:
-            self._bus.post(record.task_id, _deliver_final, callback, listeners, name, result)
+            about = (record.task_id, record.spec.type, record.worker_pid)
+            self._bus.post(record.task_id, _deliver_final, callback, listeners, name, result, about)
 
     def _retain(self, record: TaskRecord) -> None:
         """Keep the newest final results in memory; older ones go (a journal still has them)."""
@@ -1120,7 +1188,10 @@ class Supervisor:
         """The handler outlived its stop request: SIGTERM its worker's tree, SIGKILL it shortly after."""
         if task_id in worker.tasks and worker.worker_id in self._workers and worker.state != "stopping":
             logger.warning(
-                "worker %d ignored a stop request for %s; terminating it", worker.worker_id, task_id
+                "worker %d ignored a stop request for %s; terminating it",
+                worker.worker_id,
+                task_id,
+                extra=task_extra(task_id, worker.type or "", worker.pid),
             )
             Timers.cancel(worker.timer)
             worker.state = "stopping"
@@ -1138,6 +1209,8 @@ class Supervisor:
             return None  # no process free on a node that offers the type (Dask backend)
         self._next_worker_id += 1
         self._workers[worker.worker_id] = worker
+        if self._metrics is not None:
+            self._metrics.worker_spawned()
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "exit"))
         listeners = self._bus.listeners("worker_spawned")
@@ -1205,6 +1278,8 @@ class Supervisor:
         if never_started:
             self._start_failures += 1
         reason = worker.exit_reason or "crashed"
+        if self._metrics is not None:
+            self._metrics.worker_exited(worker.type, reason)
         self._fail_task_of_dead_worker(worker, reason, exitcode, never_started)
         logger.debug(
             "worker %d (pid %s) exited: %s, %s",
@@ -1316,7 +1391,13 @@ class Supervisor:
         try:
             data = protocol.unpack_payload(msg.data, self._block_reader)
         except protocol.PayloadError as exc:
-            logger.warning("task %s published on %r data that %s", msg.task_id, msg.topic, exc)
+            logger.warning(
+                "task %s published on %r data that %s",
+                msg.task_id,
+                msg.topic,
+                exc,
+                extra=task_extra(msg.task_id, worker.type or "", worker.pid),
+            )
             return
         if record is not None:
             self.broker.publish(msg.topic, data, msg.task_id)
@@ -1608,6 +1689,17 @@ class Supervisor:
         recent = sum(1 for t in reversed(self._recent_finishes) if now - t <= window)
         return recent / max(1e-9, min(window, now - self._started))
 
+    def metrics_state(self) -> tuple[list[WorkerReading], dict[str, int]]:
+        """For a scrape, from any thread: (type, state, pid if local) of every worker, and the
+        parallelism each task type is allowed now."""
+
+        def read() -> tuple[list[WorkerReading], dict[str, int]]:
+            workers = [(w.type, w.state, w.pid if w.local else None) for w in self._workers.values()]
+            limits = {t: self._type_limits.get(t, self._type_cap(t)) for t in self._config.task_handlers()}
+            return workers, limits
+
+        return self.call(read)
+
     def worker_rows(self) -> list[dict[str, Any]]:
         """The fields of every worker (without RSS, which the caller measures off this thread)."""
         return [
@@ -1639,9 +1731,10 @@ def _deliver_progress(
     callback: Callable[[Progress], object] | None,
     listeners: tuple[Callback, ...],
     progress: Progress,
+    about: TaskRef,
 ) -> None:
     if callback is not None:
-        call_each((callback,), progress, "on_progress")
+        call_each((callback,), progress, "on_progress", about)
     if listeners:
         event = TaskProgressEvent.model_construct(
             event="task_progress",
@@ -1649,7 +1742,7 @@ def _deliver_progress(
             task_id=progress.task_id,
             progress=progress,
         )
-        call_each(listeners, event, "task_progress")
+        call_each(listeners, event, "task_progress", about)
 
 
 def _deliver_final(
@@ -1657,11 +1750,12 @@ def _deliver_final(
     listeners: tuple[Callback, ...],
     name: str,
     result: TaskResult,
+    about: TaskRef,
 ) -> None:
     if listeners:
         event = TaskFinishedEvent.model_construct(
             event=name, timestamp=datetime.now(UTC), task_id=result.task_id, result=result
         )
-        call_each(listeners, event, name)
+        call_each(listeners, event, name, about)
     if callback is not None:
-        call_each((callback,), result, "on_complete" if result.success else "on_error")
+        call_each((callback,), result, "on_complete" if result.success else "on_error", about)

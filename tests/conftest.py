@@ -35,6 +35,8 @@ def _runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _debug_logging(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="orchestrator")
+    # Per-task lifecycle records would pile up in caplog by the thousand in the long runs.
+    caplog.set_level(logging.INFO, logger="orchestrator.tasks")
 
 
 # Processes and /dev/shm entries of the session's shared Dask cluster: they outlive every test.

@@ -1,0 +1,87 @@
+"""Log records about tasks, and the handler ``enable_logging=True`` installs.
+
+Every record the library emits about a task carries ``task_id``, ``task_type`` and
+``worker_pid`` as attributes (``worker_pid`` is None before the task reached a worker), so any
+handler can filter or index by them. A task's lifecycle (queued, started, retried, final) goes to
+the ``orchestrator.tasks`` logger: at DEBUG normally, so the hot path logs nothing a default
+setup shows, and at INFO (WARNING for errors) with ``log_tasks=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+LogFormat = Literal["text", "json"]
+
+# A task's (task_id, task_type, worker_pid), kept as a tuple until a record needs it.
+TaskRef = tuple[str, str, int | None]
+task_logger: Final = logging.getLogger("orchestrator.tasks")
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+def task_extra(task_id: str, task_type: str, worker_pid: int | None) -> dict[str, Any]:
+    """The ``extra=`` of a record about one task."""
+    return {"task_id": task_id, "task_type": task_type, "worker_pid": worker_pid}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, every ``extra=``
+    attribute (``task_id``, ``task_type``, ``worker_pid`` on task records) and the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_extras(record),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+class TextLogFormatter(logging.Formatter):
+    """``time level logger: message``, then ``key=value`` for each ``extra=`` attribute."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = _extras(record)
+        if not extras:
+            return text
+        first, newline, rest = text.partition("\n")
+        fields = " ".join(f"{key}={value}" for key, value in extras.items())
+        return f"{first} [{fields}]{newline}{rest}"
+
+
+def enable_logging(log_format: LogFormat) -> None:
+    """Print the ``orchestrator`` loggers' records at INFO and above to stderr, in ``log_format``.
+
+    One handler for the process: a second call replaces its format instead of adding another.
+    """
+    root = logging.getLogger("orchestrator")
+    formatter = JsonLogFormatter() if log_format == "json" else TextLogFormatter()
+    for handler in root.handlers:
+        if getattr(handler, "_orchestrator", False):
+            handler.setFormatter(formatter)
+            return
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    handler._orchestrator = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
