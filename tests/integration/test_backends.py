@@ -23,6 +23,7 @@ from orchestrator import OrchestratorError, ParallelOrchestrator, TaskStatus, Un
 from orchestrator.config import BUILTIN_HANDLERS
 from tests import conftest
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
+from tests.helpers.metrics import labels_of, scrape, value
 from tests.helpers.tasks import HANDLERS
 
 TYPES = sorted({*HANDLERS, *BUILTIN_HANDLERS})
@@ -225,6 +226,7 @@ import json, sys
 import psutil
 sys.path.insert(0, {root!r})
 from orchestrator import ParallelOrchestrator
+from tests.helpers.metrics import labels_of, scrape, value
 from tests.helpers.tasks import HANDLERS
 
 if __name__ == "__main__":
@@ -382,3 +384,16 @@ def test_an_attempt_on_a_dask_worker_that_leaves_is_retried_elsewhere(
         orch.shutdown()
     finally:
         cluster.close()
+
+
+def test_metrics_count_on_both_backends(backend) -> None:
+    orch = backend(metrics_port=0)
+    ids = [orch.submit_task({"type": "echo"}) for _ in range(5)]
+    crash = orch.submit_task({"type": "exit_hard"})
+    assert all(orch.wait(task_id, DEADLOCK_TIMEOUT).success for task_id in ids)
+    assert orch.wait(crash, DEADLOCK_TIMEOUT).error.kind == "worker_crashed"
+    samples = scrape(orch.metrics_url)
+    assert value(samples, "orchestrator_tasks_completed_total", type="echo") == 5
+    assert value(samples, "orchestrator_tasks_failed_total", type="exit_hard", kind="worker_crashed") == 1
+    assert value(samples, "orchestrator_worker_crashes_total", type="exit_hard") == 1
+    assert labels_of(samples, "orchestrator_info")[0]["backend"] == orch.config.backend

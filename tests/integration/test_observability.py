@@ -14,31 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator import OrchestratorError, ParallelOrchestrator
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
+from tests.helpers.metrics import labels_of, scrape, value
 from tests.helpers.tasks import HANDLERS
 
 ROOT = Path(__file__).resolve().parents[2]
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(url: str) -> Samples:
-    """Every sample of /metrics by (name, labels)."""
-    with urllib.request.urlopen(url, timeout=DEADLOCK_TIMEOUT) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_counters_and_gauges_match_what_ran(make_orch, release: Release, recorder: Recorder) -> None:
@@ -109,8 +91,7 @@ def test_counters_and_gauges_match_what_ran(make_orch, release: Release, recorde
     assert value(after, "orchestrator_parallelism_limit", type="echo") == 2
     spawned = value(after, "orchestrator_workers_spawned_total")
     assert spawned >= 2 + 3  # two at first, one after each of the three deaths
-    info = [labels for name, labels in after if name == "orchestrator_info"]
-    assert dict(info[0])["backend"] == "local"
+    assert labels_of(after, "orchestrator_info")[0]["backend"] == "local"
     assert orch.snapshot()["metrics_url"] == orch.metrics_url
 
 
@@ -201,6 +182,7 @@ HOST = """
 import sys
 sys.path.insert(0, {root!r})
 from orchestrator import ParallelOrchestrator
+from tests.helpers.metrics import labels_of, scrape, value
 from tests.helpers.tasks import HANDLERS
 
 if __name__ == "__main__":
@@ -277,7 +259,12 @@ def test_orch_run_serves_metrics(tmp_path: Path) -> None:
         assert "metrics on http://127.0.0.1:" in line
         url = line.rsplit("metrics on ", 1)[1].rstrip(")\n")
         samples = scrape(url)
-        assert dict(next(labels for name, labels in samples if name == "orchestrator_info"))["name"] == "svc"
+        assert labels_of(samples, "orchestrator_info")[0]["name"] == "svc"
+        status = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "status", "--name", "svc"],
+            capture_output=True, text=True, env=env, timeout=DEADLOCK_TIMEOUT,
+        )  # fmt: skip
+        assert f"metrics {url}" in status.stdout.splitlines()[0]
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(DEADLOCK_TIMEOUT) == 0
