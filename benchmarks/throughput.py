@@ -44,9 +44,11 @@ def feature_cost(features: list[str], repeat: int, workers: int) -> None:
                     key: value.format(folder=folder) if isinstance(value, str) else value
                     for key, value in FEATURES.get(label, {}).items()
                 }
-                with ParallelOrchestrator(max_workers=workers, min_workers=workers, task_queue_size=NOOPS,
-                                          control_socket=False, handlers={"noop": "benchmarks.tasks:noop"},
-                                          **overrides) as orch:  # fmt: skip
+                # Every result stays in memory: waits never read evicted ones back from the journal.
+                config = {"max_workers": workers, "min_workers": workers, "task_queue_size": NOOPS,
+                          "max_results_in_memory": NOOPS, "control_socket": False,
+                          "handlers": {"noop": "benchmarks.tasks:noop"}, **overrides}  # fmt: skip
+                with ParallelOrchestrator(**config) as orch:
                     for task_id in [orch.submit_task({"type": "noop"}) for _ in range(workers * 2)]:
                         orch.wait(task_id)
                     started = time.perf_counter()

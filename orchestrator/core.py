@@ -725,7 +725,7 @@ class ParallelOrchestrator:
             _post_quietly(supervisor, lambda: supervisor.unwatch(record, wake))
 
     def as_completed(self, task_ids: Iterable[str], timeout: float | None = None) -> Iterator[TaskResult]:
-        """Yield the tasks' results as they become final (those already final first).
+        """Yield the tasks' results in the order they became final (those already final first).
 
         Raises:
             TimeoutError: ``timeout`` seconds (for the whole iteration) passed first.

@@ -1,8 +1,21 @@
 """The optional SQLite journal: accepted tasks and their results survive a crash of the host.
 
-``submit_task`` commits its task's row before it returns (a WAL append, no fsync); the supervisor
-group-commits state changes and results once per wake-up. The promise is durability against a
-crash of the host process (SIGKILL, the OOM killer), not against power loss (``synchronous=NORMAL``).
+Every write goes first to an *intake log*, a memory-mapped file (``<journal>-intake0`` or
+``-intake1``) that each record is copied into: ``submit_task`` appends its task before it
+returns, and the supervisor appends the state changes and results of each wake-up as one record
+(its group commit). Stores to a shared file mapping are in the kernel's page cache the moment
+they are made, so they survive a kill of the process; and a copy makes no system call, so a
+submitter never hands the GIL to the supervisor mid-submit (with an SQLite commit per submit and
+per wake-up, those hand-offs cost more than the writes themselves).
+
+Every ``MOVE_INTERVAL`` the supervisor moves the intake into SQLite in one transaction (new rows
+and changes together as multi-row upserts): the two intake files alternate, submitters appending
+to one while the other is moved and then reset. A record carries its length, a CRC and its file's
+generation (a counter shared by both files and bumped at each reset), so a torn or stale record is
+never read back; at open, what a dead host left in the intake is replayed into SQLite, oldest
+generation first, before anything else reads the journal. The promise is durability against a
+crash of the host process (SIGKILL, the OOM killer), not against power loss (SQLite runs with
+``synchronous=NORMAL`` and the intake is never fsynced).
 
 One writer at a time: an exclusive ``flock`` on ``<journal>.lock``, taken at open. The lock's fd is
 close-on-exec and is closed in forked workers, so a dead host's lock is released even while its
@@ -13,30 +26,65 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import itertools
 import json
+import logging
+import mmap
 import os
 import sqlite3
+import struct
 import threading
+import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import msgpack
+
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import TaskError, TaskResult, TaskStatus
 from workers import protocol
+
+logger = logging.getLogger(__name__)
 
 APPLICATION_ID: Final = 0x4F524348  # "ORCH", in PRAGMA application_id
 SCHEMA_VERSION: Final = 2
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
-_INSERT: Final = (
-    "INSERT INTO tasks (task_id, seq, spec, config, handler, plan, plan_refs, status, submitted_at, "
-    "not_before, parent, detached) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+# New rows are inserted with their latest state; changes update their row's state, and a change
+# whose row does not exist is skipped (the last column says whether a row is new), so a move can
+# never leave a partial row behind.
+_UPSERT_COLUMNS: Final = 15
+_UPSERT: Final = (
+    "INSERT INTO tasks (seq, task_id, spec, config, handler, plan, plan_refs, status, attempts, result, "
+    "submitted_at, not_before, parent, detached) "
+    "SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10, "
+    "column11, column12, column13, column14 FROM (VALUES {values}) AS v "
+    "WHERE v.column15 OR EXISTS (SELECT 1 FROM tasks WHERE tasks.seq = v.column1) "
+    "ON CONFLICT(seq) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, "
+    "result = excluded.result"
 )
-# The supervisor checkpoints the WAL itself, every so many group commits, so that no submitter
-# pays for a checkpoint inside submit_task.
-_CHECKPOINT_EVERY: Final = 64
+# Rows per upsert: under SQLite's 32,766 parameters, and few statement shapes (powers of two, the
+# last row repeated to fill), so each stays prepared in the statement cache. Python's sqlite3
+# releases the GIL once per statement step, so one statement per batch, never one per row.
+_UPSERT_ROWS: Final = 2048
+# Seconds between moves of the intake into SQLite: the intake holds about this much work.
+MOVE_INTERVAL: Final = 0.05
+# Longest wait for a move that keeps failing (disk full) before a flush or close gives up on it.
+_MOVE_WAIT: Final = 30.0
+# An intake file this full is moved at once, whatever the interval.
+_MOVE_BYTES: Final = 8 << 20
+# The kinds of intake entries.
+_NEW, _STATE, _FORGET, _SCHEDULE = 0, 1, 2, 3
+_INTAKE_MAGIC: Final = b"ORCHINT1"
+_INTAKE_HEADER: Final = struct.Struct("<8sQ")  # magic, generation
+_RECORD_HEADER: Final = struct.Struct("<IIQ")  # payload length, CRC-32 of the payload, generation
+_INTAKE_SIZE: Final = 1 << 20
+# The supervisor checkpoints the WAL itself, every so many moves, so the WAL stays small.
+_CHECKPOINT_EVERY: Final = 16
 
 # seq is the rowid: a new task appends to the table's last page and a state change finds its row
 # without a second index, so a commit writes one page (half the cost of a text key plus an index).
@@ -107,6 +155,18 @@ class Journal:
         self.path = Path(path)
         _refuse_foreign(self.path)
         self._lock_fd = _take_lock(self.path)
+        # The supervisor writes and callers read (evicted results) on one connection.
+        self._write = threading.Lock()
+        # The supervisor's entries of the current wake-up, appended as one record by `flush`.
+        self._entries: list[tuple[Any, ...]] = []
+        self._intake_lock = threading.Lock()
+        # Guards which file is active and which is being moved; the mover waits on it.
+        self._changed = threading.Condition(self._intake_lock)
+        self._active = 0
+        self._moving: _IntakeFile | None = None
+        self._swapped_at = self.moved_at = time.monotonic()
+        self._moves = 0
+        self._closing = False
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -114,15 +174,36 @@ class Journal:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             self._create_or_migrate()
-        except sqlite3.Error as exc:
+            self._intakes = tuple(_IntakeFile(Path(f"{path}-intake{n}")) for n in (0, 1))
+            self._replay_intake()
+        except (sqlite3.Error, OSError) as exc:
             os.close(self._lock_fd)
             raise OrchestratorError(f"cannot open the journal {self.path}: {exc}") from exc
-        # Submitters and the supervisor share the connection; this lock serialises their writes.
-        self._write = threading.Lock()
-        # The latest change of each task since the last flush: a task that started and ended in
-        # one wake-up costs one write.
-        self._pending: dict[str, tuple[str, tuple[Any, ...]]] = {}
-        self._flushes = 0
+        # SQLite work runs here, off the supervisor: Python's sqlite3 lets go of the GIL for
+        # each statement, and a thread that lets go can wait a whole switch interval (5 ms) to
+        # get it back while other threads run Python; the supervisor must never wait like that.
+        self._mover = threading.Thread(
+            target=self._run_mover, name=f"orch-journal-{self.path.name}", daemon=True
+        )
+        self._mover.start()
+
+    def _replay_intake(self) -> None:
+        """Apply what a dead host left in the intake, oldest file first, then empty both.
+
+        Replaying entries that were already moved is harmless: each file is replayed whole, so a
+        task's later entries follow its earlier ones and its latest state wins.
+        """
+        for intake in sorted(self._intakes, key=lambda intake: intake.generation):
+            self._apply(intake.saved_entries())
+        for intake in self._intakes:
+            intake.reset(self._next_generation())
+        # Writing first to the older file keeps the rule the replay relies on: the file moved is
+        # always older than the one submitters go on in.
+        self._active = 0
+
+    def _next_generation(self) -> int:
+        """A generation newer than both files', so whatever a reset file held is stale."""
+        return max(intake.generation for intake in self._intakes) + 1
 
     def _create_or_migrate(self) -> None:
         has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
@@ -137,58 +218,39 @@ class Journal:
         return self._lock_fd
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
-        """Commit newly accepted tasks at once, in one transaction."""
-        with self._write:
-            if len(rows) == 1:
-                self._db.execute(_INSERT, rows[0])  # autocommit: one statement, one transaction
-                return
-            self._db.execute("BEGIN")
-            self._db.executemany(_INSERT, rows)
-            self._db.execute("COMMIT")
+        """Record newly accepted tasks durably (all of them or, if the host dies meanwhile, none).
 
-    def _note(self, key: str, sql: str, arguments: tuple[Any, ...]) -> None:
-        """Queue the latest change of ``key`` for the next `flush` (the supervisor's group commit)."""
-        self._pending[key] = (sql, arguments)
+        Each row is (task_id, seq, spec, config, handler, plan, plan_refs, submitted_at,
+        not_before, parent, detached).
+        """
+        entries = [(_NEW, *row) for row in rows]
+        payload = msgpack.packb(entries, use_bin_type=True)
+        with self._intake_lock:
+            self._intakes[self._active].append(payload, entries)
 
     def started(self, task_id: str, attempts: int) -> None:
         """The task's handler started (its attempts so far)."""
-        self._note(
-            task_id,
-            "UPDATE tasks SET status = 'running', attempts = ? WHERE seq = ?",
-            (attempts, _seq_of(task_id)),
-        )
+        self._entries.append((_STATE, _seq_of(task_id), "running", attempts, None))
 
     def requeued(self, task_id: str, attempts: int) -> None:
         """The task waits again (a retry, or given back unstarted)."""
-        self._note(
-            task_id,
-            "UPDATE tasks SET status = 'queued', attempts = ? WHERE seq = ?",
-            (attempts, _seq_of(task_id)),
-        )
+        self._entries.append((_STATE, _seq_of(task_id), "queued", attempts, None))
 
     def finished(self, task_id: str, status: str, attempts: int, result: bytes) -> None:
         """The task is final; ``result`` is its packed `TaskResult` fields."""
-        self._note(
-            task_id,
-            "UPDATE tasks SET status = ?, attempts = ?, result = ? WHERE seq = ?",
-            (status, attempts, result, _seq_of(task_id)),
-        )
+        self._entries.append((_STATE, _seq_of(task_id), status, attempts, result))
 
     def forget(self, task_id: str) -> None:
         """Drop a final task whose result outlived ``result_ttl``."""
-        self._note(task_id, "DELETE FROM tasks WHERE seq = ?", (_seq_of(task_id),))
+        self._entries.append((_FORGET, _seq_of(task_id)))
 
     def schedule_saved(self, name: str, spec: str, config: bytes, state: str) -> None:
         """A schedule was added or changed (``state`` is its JSON)."""
-        self._note(
-            f"schedule:{name}",
-            "INSERT OR REPLACE INTO schedules (name, spec, config, state) VALUES (?, ?, ?, ?)",
-            (name, spec, config, state),
-        )
+        self._entries.append((_SCHEDULE, name, spec, config, state))
 
     def schedule_removed(self, name: str) -> None:
         """A schedule was removed."""
-        self._note(f"schedule:{name}", "DELETE FROM schedules WHERE name = ?", (name,))
+        self._entries.append((_SCHEDULE, name, None, None, None))
 
     def schedules(self) -> list[tuple[str, str, bytes, str]]:
         """Every schedule as (name, spec JSON, packed config, state JSON), by name."""
@@ -197,7 +259,7 @@ class Journal:
             return found.fetchall()
 
     def row(self, task_id: str) -> JournalRow | None:
-        """One task by id, or None."""
+        """One task by id, or None (a task moved to SQLite: see `moved_at`)."""
         seq = task_id.rpartition("-")[2]
         if not seq.isdigit():
             return None
@@ -207,28 +269,134 @@ class Journal:
             ).fetchone()
         return _row(found) if found else None
 
-    def flush(self, *, wait: bool = True) -> bool:
-        """Commit every queued state change in one transaction; True if changes are still pending.
+    def flush(self, *, wait: bool = True) -> float | None:
+        """The supervisor's group commit: this wake-up's changes become one durable record; and
+        once ``MOVE_INTERVAL`` has passed since the last move, the mover thread is handed the
+        active intake file to apply to SQLite. With ``wait``, both files are moved now and the
+        call returns once they are in SQLite.
 
-        With ``wait=False`` it gives up at once, keeping the changes pending, when a submitter holds
-        the connection: the supervisor tries again shortly rather than stall behind a burst of submits.
+        Returns the seconds after which the supervisor should call again (to start the next move,
+        or to see the one in flight end), or None when nothing waits to be moved.
         """
-        if not self._pending:
-            return False
-        if not self._write.acquire(blocking=wait):
-            return True
-        try:
-            pending, self._pending = self._pending, {}
-            self._db.execute("BEGIN")
-            for sql, arguments in pending.values():
-                self._db.execute(sql, arguments)
-            self._db.execute("COMMIT")
-            self._flushes += 1
-            if self._flushes % _CHECKPOINT_EVERY == 0:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            self._write.release()
-        return bool(self._pending)
+        with self._changed:
+            if self._entries:
+                entries, self._entries = self._entries, []
+                self._intakes[self._active].append(msgpack.packb(entries, use_bin_type=True), entries)
+            if wait:
+                for _ in self._intakes:
+                    self._wait_for_mover()
+                    self._start_move()
+                self._wait_for_mover()
+                return None
+            if self._moving is not None:
+                return MOVE_INTERVAL
+            active = self._intakes[self._active]
+            if not active.entries:
+                return None
+            wait_for = self._swapped_at + MOVE_INTERVAL - time.monotonic()
+            if wait_for > 0 and active.size < _MOVE_BYTES:
+                return wait_for
+            self._start_move()
+            return MOVE_INTERVAL
+
+    def _wait_for_mover(self) -> None:
+        """Wait (locked) for the move in flight to end; a journal that keeps failing is given up
+        on after a while (the intake still holds everything, and the next open replays it)."""
+        if not self._changed.wait_for(lambda: self._moving is None, _MOVE_WAIT):
+            logger.error("the journal %s is still failing to update; its intake keeps the work", self.path)
+
+    def _start_move(self) -> None:
+        """Hand the active file to the mover; submitters go on in the other (called locked)."""
+        taken = self._intakes[self._active]
+        if not taken.entries:
+            return
+        self._active ^= 1
+        self._moving = taken
+        self._swapped_at = time.monotonic()
+        self._changed.notify_all()
+
+    def _run_mover(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._moving is not None or self._closing)
+                taken, swapped_at = self._moving, self._swapped_at
+            if taken is None:
+                return
+            try:
+                with self._write:
+                    self._apply(taken.entries)
+            except sqlite3.Error:
+                # Nothing is lost (the intake holds it), and nothing newer may be applied first.
+                logger.exception("the journal %s could not be updated; retrying in 1 s", self.path)
+                with self._changed:
+                    if not self._changed.wait_for(lambda: self._closing, 1.0):
+                        continue
+                return
+            with self._changed:
+                taken.reset(self._next_generation())
+                self.moved_at = swapped_at
+                self._moving = None
+                self._changed.notify_all()
+
+    def _apply(self, entries: list[tuple[Any, ...]]) -> None:
+        """Write intake entries to SQLite in one transaction, each task's latest state winning."""
+        if not entries:
+            return
+        rows: dict[int, tuple[Any, ...]] = {}  # new rows, in the upsert's columns
+        changes: dict[int, tuple[Any, ...]] = {}  # states of rows already in SQLite
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for entry in entries:
+            kind = entry[0]
+            if kind == _NEW:
+                (
+                    _,
+                    task_id,
+                    seq,
+                    spec,
+                    config,
+                    handler,
+                    plan,
+                    refs,
+                    submitted,
+                    not_before,
+                    parent,
+                    detached,
+                ) = entry
+                rows[seq] = (seq, task_id, spec, config, handler, plan, refs, "queued", 0, None,
+                             submitted, not_before, parent, detached, 1)  # fmt: skip
+            elif kind == _STATE:
+                _, seq, status, attempts, result = entry
+                if seq in rows:
+                    rows[seq] = (*rows[seq][:7], status, attempts, result, *rows[seq][10:])
+                else:
+                    changes[seq] = (seq, "", "", b"", "", None, None, status, attempts, result,
+                                    0.0, None, None, 0, 0)  # fmt: skip
+            elif kind == _FORGET:
+                rows.pop(entry[1], None)
+                changes.pop(entry[1], None)
+                statements.append(("DELETE FROM tasks WHERE seq = ?", (entry[1],)))
+            elif entry[2] is None:
+                statements.append(("DELETE FROM schedules WHERE name = ?", (entry[1],)))
+            else:
+                statements.append(
+                    (
+                        "INSERT OR REPLACE INTO schedules (name, spec, config, state) VALUES (?, ?, ?, ?)",
+                        entry[1:],
+                    )
+                )
+        upserts = [*rows.values(), *changes.values()]
+        self._db.execute("BEGIN")
+        for start in range(0, len(upserts), _UPSERT_ROWS):
+            batch = upserts[start : start + _UPSERT_ROWS]
+            shape = 1 << (len(batch) - 1).bit_length()
+            batch += [batch[-1]] * (shape - len(batch))  # the same row twice upserts the same values
+            self._db.execute(_upsert_sql(shape), list(itertools.chain.from_iterable(batch)))
+        for sql, arguments in statements:
+            self._db.execute(sql, arguments)
+        self._db.execute("COMMIT")
+        self._moves += 1
+        if self._moves % _CHECKPOINT_EVERY == 0:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def rows(self) -> list[JournalRow]:
         """Every task, in submission order."""
@@ -237,14 +405,96 @@ class Journal:
         return [_row(r) for r in found]
 
     def close(self) -> None:
-        """Commit what is pending and release the file and its lock; idempotent."""
+        """Move everything into SQLite, stop the mover, release the files and the lock; idempotent."""
         if self._lock_fd < 0:
             return
+        self.flush()
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._mover.join()
+        drained = not any(intake.entries for intake in self._intakes)
         with contextlib.suppress(sqlite3.Error):
-            self.flush()
             self._db.close()
+        for intake in self._intakes:
+            intake.close(remove=drained)
         os.close(self._lock_fd)
         self._lock_fd = -1
+
+
+class _IntakeFile:
+    """One memory-mapped intake file: records appended under the journal's intake lock, and
+    their entries kept in memory for the next move."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            size = max(os.fstat(fd).st_size, _INTAKE_SIZE)
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.generation = _generation_of(self._map)
+        self.entries: list[tuple[Any, ...]] = []
+        self.size = _INTAKE_HEADER.size
+
+    def saved_entries(self) -> list[tuple[Any, ...]]:
+        """The entries recorded since the file was last reset (by this or a dead host)."""
+        return intake_entries(self._map)
+
+    def append(self, payload: bytes, entries: list[tuple[Any, ...]]) -> None:
+        """Append one record; its header goes last, so a record cut short is never read back."""
+        start = self.size + _RECORD_HEADER.size
+        end = start + len(payload)
+        if end > len(self._map):
+            self._map.resize(max(end, 2 * len(self._map)))
+        self._map[start:end] = payload
+        _RECORD_HEADER.pack_into(self._map, self.size, len(payload), zlib.crc32(payload), self.generation)
+        self.size = end
+        self.entries.extend(entries)
+
+    def reset(self, generation: int) -> None:
+        """Forget every record (all applied to SQLite): under a new generation they are stale."""
+        self.generation = generation
+        _INTAKE_HEADER.pack_into(self._map, 0, _INTAKE_MAGIC, generation)
+        self.size = _INTAKE_HEADER.size
+        self.entries = []
+
+    def close(self, remove: bool) -> None:
+        self._map.close()
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
+def intake_entries(buffer: bytes | mmap.mmap) -> list[tuple[Any, ...]]:
+    """The entries of an intake file's current generation, up to the first torn or stale record."""
+    if len(buffer) < _INTAKE_HEADER.size:
+        return []
+    magic, generation = _INTAKE_HEADER.unpack_from(buffer, 0)
+    if magic != _INTAKE_MAGIC:
+        return []
+    entries: list[tuple[Any, ...]] = []
+    offset = _INTAKE_HEADER.size
+    while offset + _RECORD_HEADER.size <= len(buffer):
+        length, crc, record_generation = _RECORD_HEADER.unpack_from(buffer, offset)
+        start = offset + _RECORD_HEADER.size
+        end = start + length
+        if record_generation != generation or length == 0 or end > len(buffer):
+            break
+        payload = buffer[start:end]
+        if zlib.crc32(payload) != crc:
+            break
+        entries.extend(tuple(entry) for entry in msgpack.unpackb(payload))
+        offset = end
+    return entries
+
+
+@functools.cache
+def _upsert_sql(rows: int) -> str:
+    """The upsert of ``rows`` rows (a power of two, so only a dozen shapes ever exist)."""
+    row = "(" + ", ".join("?" * _UPSERT_COLUMNS) + ")"
+    return _UPSERT.format(values=", ".join([row] * rows))
 
 
 def _seq_of(task_id: str) -> int:
@@ -336,18 +586,67 @@ def _utc(timestamp: float | None) -> datetime | None:
 
 
 def journal_counts(path: str) -> dict[str, Any]:
-    """Task counts by status, read-only (also while an orchestrator holds the journal)."""
+    """Task counts by status, read-only (also while an orchestrator holds the journal).
+
+    The intake's entries (the last moments of work, or what a dead host left) count on top of
+    what SQLite holds, as the next open would replay them.
+    """
     journal = Path(path)
     if not journal.exists():
         raise OrchestratorError(f"no journal at {journal}")
     _refuse_foreign(journal)
+    latest, created = _intake_states(journal)
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
     try:
         rows = db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+        stored = _stored_states(db, sorted(latest))
     except sqlite3.Error as exc:
         raise OrchestratorError(f"cannot read the journal {journal}: {exc}") from exc
     finally:
         db.close()
     counts = {status.value: 0 for status in TaskStatus}
     counts.update(dict(rows))
+    for seq, status in latest.items():
+        if seq in stored:
+            counts[stored[seq]] -= 1
+        if status is not None and (seq in stored or seq in created):
+            counts[status] += 1  # a replay skips a change to a task that neither holds
     return {"journal": str(journal), "total": sum(counts.values()), "counts": counts}
+
+
+def _intake_states(journal: Path) -> tuple[dict[int, str | None], set[int]]:
+    """Each task's latest status in the intake files, oldest file first (None: forgotten), and
+    the tasks the intake created."""
+    buffers = [
+        Path(f"{journal}-intake{n}").read_bytes() for n in (0, 1) if Path(f"{journal}-intake{n}").exists()
+    ]
+    buffers.sort(key=_generation_of)
+    latest: dict[int, str | None] = {}
+    created: set[int] = set()
+    for buffer in buffers:
+        for entry in intake_entries(buffer):
+            if entry[0] == _NEW:
+                latest[entry[2]] = "queued"
+                created.add(entry[2])
+            elif entry[0] == _STATE:
+                latest[entry[1]] = entry[2]
+            elif entry[0] == _FORGET:
+                latest[entry[1]] = None
+    return latest, created
+
+
+def _generation_of(buffer: bytes | mmap.mmap) -> int:
+    if len(buffer) < _INTAKE_HEADER.size:
+        return 0
+    magic, generation = _INTAKE_HEADER.unpack_from(buffer, 0)
+    return int(generation) if magic == _INTAKE_MAGIC else 0
+
+
+def _stored_states(db: sqlite3.Connection, seqs: list[int]) -> dict[int, str]:
+    """The status SQLite holds for each of ``seqs`` that it has."""
+    found: dict[int, str] = {}
+    for start in range(0, len(seqs), 500):
+        chunk = seqs[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        found.update(db.execute(f"SELECT seq, status FROM tasks WHERE seq IN ({marks})", chunk).fetchall())
+    return found

@@ -179,12 +179,13 @@ class Metrics:
         """A worker process started."""
         self.spawned.inc()
 
-    def worker_exited(self, task_type: str | None, reason: str) -> None:
-        """A worker process ended for ``reason`` (crashed, memory_limit, idle, ...)."""
-        if reason == "crashed":
-            self.crashes[(task_type or UNTYPED,)].inc()
-        elif reason == "memory_limit":
-            self.memory_kills[(task_type or UNTYPED,)].inc()
+    def worker_crashed(self, task_type: str | None) -> None:
+        """A worker process died unasked."""
+        self.crashes[(task_type or UNTYPED,)].inc()
+
+    def memory_limit_kill(self, task_type: str | None) -> None:
+        """A worker went past max_memory_mb: its tasks fail now and it is killed."""
+        self.memory_kills[(task_type or UNTYPED,)].inc()
 
     # ----------------------------------------------------------------- serving
 

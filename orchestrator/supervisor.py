@@ -86,8 +86,6 @@ THROUGHPUT_SAMPLES: Final = 200_000
 # Partial results kept per task for `stream` (the oldest are dropped first).
 MAX_PARTIALS_KEPT: Final = 1000
 # The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception).
-# How soon the supervisor tries again to commit the journal when a submitter held it.
-_JOURNAL_RETRY: Final = 0.002
 RETRYABLE: Final = frozenset({"worker_crashed", "timeout", "memory_limit", "rate_limit"})
 
 _FINAL_EVENT: Final = {
@@ -221,6 +219,7 @@ class Supervisor:
         self._pool = pool
         self._blocks = blocks
         self._journal = journal
+        self._journal_moved_at = 0.0
         self._block_reader = BlockReader(copy=True)
         self._ready = ReadyQueue()
         self._timers = Timers()
@@ -317,21 +316,29 @@ class Supervisor:
         try:
             self._replenish_workers()
             self._take_arrivals()
-            unflushed = False
+            journal_due: float | None = None
             while not self._finished():
                 self._dispatch_ready_tasks()
                 timeout = self._timers.time_to_next(time.monotonic())
-                if unflushed:
-                    timeout = _JOURNAL_RETRY if timeout is None else min(timeout, _JOURNAL_RETRY)
+                if journal_due is not None:
+                    timeout = journal_due if timeout is None else min(timeout, journal_due)
                 self._handle_ready(self._selector.select(timeout))
                 self._fire_due_timers()
                 if self._journal is not None:
-                    unflushed = self._journal.flush(wait=False)
+                    journal_due = self._flush_journal(self._journal)
         except BaseException:
             logger.critical("supervisor failed; killing workers and failing open tasks", exc_info=True)
             raise
         finally:
             self._close_down()
+
+    def _flush_journal(self, journal: Journal) -> float | None:
+        """Group-commit this wake-up; once results moved into SQLite, older ones may leave memory."""
+        due = journal.flush(wait=False)
+        if journal.moved_at != self._journal_moved_at:
+            self._journal_moved_at = journal.moved_at
+            self._evict()
+        return due
 
     def _finished(self) -> bool:
         return (
@@ -1020,10 +1027,12 @@ class Supervisor:
         limit = self._config.max_results_in_memory
         ttl = self._config.result_ttl
         now = time.monotonic()
+        # With a journal, a result leaves memory only once it is in SQLite, where reads find it.
+        moved_at = self._journal.moved_at if self._journal is not None else now
         for _ in range(len(self._finished_order)):
             finished_at, task_id = self._finished_order[0]
             expired = ttl is not None and now - finished_at > ttl
-            if len(self._finished_order) <= limit and not expired:
+            if (len(self._finished_order) <= limit and not expired) or finished_at >= moved_at:
                 break
             self._finished_order.popleft()
             kept = self._tasks.get(task_id)
@@ -1119,12 +1128,13 @@ class Supervisor:
         return self._config.max_workers * self._config.worker_concurrency.get(task_type, 1)
 
     def add_waiters(self, records: list[TaskRecord], notify: Callable[[TaskResult], None]) -> None:
-        """Call ``notify(result)`` once each task is final (at once, in order, for those already
-        final); it runs on this thread, so it must not block."""
+        """Call ``notify(result)`` once each task is final (at once, in the order they finished,
+        for those already final); it runs on this thread, so it must not block."""
+        final = [record.result for record in records if record.result is not None]
+        for result in sorted(final, key=lambda result: result.finished_at or _EPOCH):
+            notify(result)
         for record in records:
-            if record.result is not None:
-                notify(record.result)
-            else:
+            if record.result is None:
                 record.waiters.append(notify)
 
     def group_names(self) -> set[str]:
@@ -1278,8 +1288,8 @@ class Supervisor:
         if never_started:
             self._start_failures += 1
         reason = worker.exit_reason or "crashed"
-        if self._metrics is not None:
-            self._metrics.worker_exited(worker.type, reason)
+        if self._metrics is not None and reason == "crashed":
+            self._metrics.worker_crashed(worker.type)
         self._fail_task_of_dead_worker(worker, reason, exitcode, never_started)
         logger.debug(
             "worker %d (pid %s) exited: %s, %s",
@@ -1365,6 +1375,8 @@ class Supervisor:
         if limit is None or rss is None or rss <= limit * 2**20:
             return False
         message = f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}"
+        if self._metrics is not None:
+            self._metrics.memory_limit_kill(worker.type)  # counted before its tasks' results go out
         for record in running:
             self._fail(record, "memory_limit", message)
         self._kill(worker, "memory_limit")

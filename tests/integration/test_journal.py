@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import OrchestratorError, ParallelOrchestrator, TaskStatus
+from orchestrator.journal import MOVE_INTERVAL
 from tests.conftest import DEADLOCK_TIMEOUT
 from tests.helpers.tasks import HANDLERS
 
@@ -235,8 +236,13 @@ def test_evicted_results_stay_readable_from_the_journal(make_orch, tmp_path: Pat
     ids = [orch.submit_task({"type": "echo", "group": "g", "config": {"i": i}}) for i in range(6)]
     for task_id in ids:
         orch.wait(task_id, DEADLOCK_TIMEOUT)
-    assert orch.get_result(ids[0]).data["config"] == {"i": 0}
+    # A result leaves memory once the journal moved it into SQLite (within MOVE_INTERVAL).
+    deadline = time.monotonic() + DEADLOCK_TIMEOUT
+    while orch.get_group("g").counts["evicted"] < 4:
+        assert time.monotonic() < deadline, orch.get_group("g").counts
+        time.sleep(MOVE_INTERVAL)
     assert orch.get_group("g").counts["evicted"] == 4
+    assert orch.get_result(ids[0]).data["config"] == {"i": 0}
 
 
 def test_result_ttl_drops_results_from_memory_and_journal(make_orch, tmp_path: Path) -> None:
