@@ -1064,7 +1064,7 @@ def _journal_row(record: TaskRecord) -> tuple[Any, ...]:
     return (
         record.task_id,
         record.seq,
-        spec.model_dump_json(exclude={"config"}),
+        spec.model_dump_json(exclude={"config"}, exclude_defaults=True),  # a smaller row: faster moves
         protocol.pack_payload(spec.config),  # never a shared-memory reference: blocks die with the host
         record.handler,
         record.plan,

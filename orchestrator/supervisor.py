@@ -88,6 +88,8 @@ MAX_PARTIALS_KEPT: Final = 1000
 # The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception).
 RETRYABLE: Final = frozenset({"worker_crashed", "timeout", "memory_limit", "rate_limit"})
 
+_REPLIES: Final = (protocol.TaskDone, protocol.TaskFailed)
+
 _FINAL_EVENT: Final = {
     TaskStatus.COMPLETED: "task_completed",
     TaskStatus.ERROR: "task_error",
@@ -647,14 +649,15 @@ class Supervisor:
             self._kill(worker, "crashed")
 
     def _handle_message(self, worker: WorkerHandle, msg: protocol.Message) -> None:
-        if isinstance(msg, protocol.TaskDone | protocol.TaskFailed):
+        # The commonest first: every task sends a start and a reply.
+        if isinstance(msg, _REPLIES):
             self._on_task_reply(worker, msg)
+        elif isinstance(msg, protocol.TaskStarted):
+            self._on_started(worker, msg.task_id, msg.concurrent)
         elif isinstance(msg, protocol.TaskProgress):
             self._on_progress(worker, msg)
         elif isinstance(msg, protocol.TaskPartial):
             self._on_partial(worker, msg)
-        elif isinstance(msg, protocol.TaskStarted):
-            self._on_started(worker, msg.task_id, msg.concurrent)
         elif isinstance(msg, protocol.Hello):
             self._on_hello(worker)
         elif isinstance(msg, protocol.Revoked):

@@ -48,6 +48,8 @@ def pack_payload(value: Any, writer: BlockWriter | None = None, created: list[st
 
 
 _SCALARS: Final = (str, bytes, bytearray, memoryview, float, bool, type(None))
+_KEYS: Final = (str, int)
+_SEQUENCES: Final = (list, tuple)
 
 
 def check_payload(value: Any, where: str = "config") -> None:
@@ -63,13 +65,13 @@ def check_payload(value: Any, where: str = "config") -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str | int) or isinstance(key, bool):
+            if not isinstance(key, _KEYS) or isinstance(key, bool):
                 raise PayloadError(
                     f"not msgpack-serialisable: {where} has a key of type {type(key).__name__}"
                 )
             check_payload(item, f"{where}[{key!r}]")
         return
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         for index, item in enumerate(value):
             check_payload(item, f"{where}[{index}]")
         return

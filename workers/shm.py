@@ -38,6 +38,12 @@ def block_prefix(namespace: str, worker_id: int | None = None) -> str:
     return f"{NAME_PREFIX}_{namespace}_{owner}_"
 
 
+# Checked first, by exact type: most of a payload's leaves, and never anything to move.
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_SEQUENCES: Final = (list, tuple)
+_BUFFERS: Final = (bytes, bytearray, memoryview)
+
+
 class BlockWriter:
     """Creates named blocks for one process and packs values, moving large buffers into blocks."""
 
@@ -53,11 +59,13 @@ class BlockWriter:
         return msgpack.packb(moved, use_bin_type=True, default=encode_extension)  # type: ignore[no-any-return]
 
     def _move_large(self, value: Any, names: list[str]) -> Any:
+        if type(value) in _SCALARS:
+            return value
         if isinstance(value, dict):
             return {key: self._move_large(item, names) for key, item in value.items()}
-        if isinstance(value, list | tuple):
+        if isinstance(value, _SEQUENCES):
             return [self._move_large(item, names) for item in value]
-        if isinstance(value, bytes | bytearray | memoryview) and memoryview(value).nbytes >= self._threshold:
+        if isinstance(value, _BUFFERS) and memoryview(value).nbytes >= self._threshold:
             return self._block(BYTES_BLOCK, memoryview(value).cast("B"), [], names)
         numpy = sys.modules.get("numpy")
         if numpy is not None and isinstance(value, numpy.ndarray) and value.nbytes >= self._threshold:
