@@ -56,10 +56,12 @@ def feature_cost(features: list[str], repeat: int, workers: int) -> None:
                         orch.wait(task_id)
                     rates[label].append(NOOPS / (time.perf_counter() - started))
     print(f"{NOOPS} no-op tasks, {workers} workers, {repeat} runs")
-    off = statistics.median(rates["off"])
     for label, series in rates.items():
         median = statistics.median(series)
-        cost = "" if label == "off" else f"  costs {100 * (1 - median / off):.0f}% of no-op throughput"
+        # Each run is paired with the "off" run just before it, so slow drifts of a shared
+        # machine cancel out; the cost is the median of those paired ratios.
+        ratios = [on / off for on, off in zip(series, rates["off"], strict=True)]
+        cost = "" if label == "off" else f"  costs {100 * (1 - statistics.median(ratios)):.0f}% (paired runs)"
         print(f"  {label:<12}{median:>9,.0f}/s  (min {min(series):,.0f}, max {max(series):,.0f}){cost}")
 
 
