@@ -152,7 +152,7 @@ class Journal:
     """A journal file opened for writing by this process (and no other)."""
 
     def __init__(self, path: str) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         _refuse_foreign(self.path)
         self._lock_fd = _take_lock(self.path)
         # The supervisor writes and callers read (evicted results) on one connection.
@@ -174,7 +174,7 @@ class Journal:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             self._create_or_migrate()
-            self._intakes = tuple(_IntakeFile(Path(f"{path}-intake{n}")) for n in (0, 1))
+            self._intakes = tuple(_IntakeFile(Path(f"{self.path}-intake{n}")) for n in (0, 1))
             self._replay_intake()
         except (sqlite3.Error, OSError) as exc:
             os.close(self._lock_fd)
@@ -591,7 +591,7 @@ def journal_counts(path: str) -> dict[str, Any]:
     The intake's entries (the last moments of work, or what a dead host left) count on top of
     what SQLite holds, as the next open would replay them.
     """
-    journal = Path(path)
+    journal = Path(path).expanduser()
     if not journal.exists():
         raise OrchestratorError(f"no journal at {journal}")
     _refuse_foreign(journal)
