@@ -18,11 +18,12 @@ import stat
 import struct
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import EVENT_NAMES, Event, TaskStatus
+from orchestrator.models import EVENT_NAMES, Event, TaskPartialEvent, TaskStatus
 from orchestrator.wire import (
     SOCKET_SUFFIX,
     FrameTooLarge,
@@ -206,19 +207,14 @@ class ControlServer:
         return {"cancelled": self._orchestrator.cancel(_argument(request, "task_id", str))}
 
     def _watch(self, connection: socket.socket, request: dict[str, Any]) -> None:
-        """Stream one frame per event until the client leaves (or the watched task ends)."""
-        try:
-            task_id = _argument(request, "task_id", str, None)
-            final = self._orchestrator.get_result(task_id) if task_id is not None else None
-        except (OrchestratorError, ValueError) as exc:
-            send_frame(connection, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-            return
-        send_frame(connection, {"ok": True, "data": {"watching": task_id or "all"}})
-        if final is not None:
-            send_frame(connection, {"event": f"task_{'completed' if final.success else final.status.value}",
-                                    "task_id": task_id, "result": final.model_dump(mode="json")})  # fmt: skip
-            return
+        """Stream one frame per event until the client leaves (or the watched task ends).
+
+        A watched task's partials emitted before the watch began are replayed first (those kept),
+        so a late watcher misses none; it is subscribed before the replay is read, and live
+        partials already replayed are skipped.
+        """
         events: queue.Queue[Event] = queue.Queue(maxsize=_WATCH_BACKLOG)
+        task_id = request.get("task_id")
 
         def enqueue(event: Event) -> None:
             if task_id is None or getattr(event, "task_id", None) == task_id:
@@ -227,12 +223,32 @@ class ControlServer:
 
         unsubscribe = [self._orchestrator.on(name, enqueue) for name in sorted(EVENT_NAMES)]
         try:
-            self._stream(connection, events, task_id)
+            try:
+                task_id = _argument(request, "task_id", str, None)
+                kept, final = self._orchestrator._partials_so_far(task_id) if task_id else ([], None)
+            except (OrchestratorError, ValueError) as exc:
+                send_frame(connection, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                return
+            send_frame(connection, {"ok": True, "data": {"watching": task_id or "all"}})
+            for index, data in kept:
+                replay = TaskPartialEvent.model_construct(
+                    event="task_partial", timestamp=datetime.now(UTC), task_id=task_id, index=index, data=data
+                )
+                send_frame(connection, replay.model_dump(mode="json"))
+            if final is not None:
+                name = "task_completed" if final.success else f"task_{final.status.value}"
+                send_frame(
+                    connection, {"event": name, "task_id": task_id, "result": final.model_dump(mode="json")}
+                )
+                return
+            self._stream(connection, events, task_id, replayed=kept[-1][0] if kept else -1)
         finally:
             for stop in unsubscribe:
                 stop()
 
-    def _stream(self, connection: socket.socket, events: queue.Queue[Event], task_id: str | None) -> None:
+    def _stream(
+        self, connection: socket.socket, events: queue.Queue[Event], task_id: str | None, replayed: int
+    ) -> None:
         connection.settimeout(None)
         while not self._closed.is_set():
             try:
@@ -240,6 +256,8 @@ class ControlServer:
             except queue.Empty:
                 if _peer_gone(connection):
                     return
+                continue
+            if isinstance(event, TaskPartialEvent) and event.index <= replayed:
                 continue
             send_frame(connection, event.model_dump(mode="json"))
             if task_id is not None and event.event in _FINAL_EVENTS:

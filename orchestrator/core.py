@@ -690,7 +690,7 @@ class ParallelOrchestrator:
             while True:
                 changed.clear()
                 items, result = cursor.take()
-                yield from items
+                yield from (data for _, data in items)
                 if result is not None:
                     yield result
                     return
@@ -715,7 +715,7 @@ class ParallelOrchestrator:
             while True:
                 changed.clear()
                 items, result = cursor.take()
-                for data in items:
+                for _, data in items:
                     yield data
                 if result is not None:
                     yield result
@@ -923,6 +923,10 @@ class ParallelOrchestrator:
         supervisor = self._running_supervisor()
         return supervisor.call(supervisor.tasks_per_second)
 
+    def _partials_so_far(self, task_id: str) -> tuple[list[tuple[int, Any]], TaskResult | None]:
+        """The task's kept partials as (index, data), and its result if final (for a late watcher)."""
+        return _StreamCursor(self._record(task_id)).take()
+
     def _progress_of(self, task_id: str | None) -> Progress | None:
         record = self._tasks.get(task_id) if task_id is not None else None
         return record.progress if record is not None and record.result is None else None
@@ -1039,8 +1043,8 @@ class _StreamCursor:
         self._record = record
         self._next = 0
 
-    def take(self) -> tuple[list[Any], TaskResult | None]:
-        """The partials not yet taken, and the task's result (None while it runs).
+    def take(self) -> tuple[list[tuple[int, Any]], TaskResult | None]:
+        """The partials not yet taken as (index, data), and the task's result (None while it runs).
 
         The result is read first: once it is set no partial is added, so the snapshot taken
         after it holds them all. The supervisor only appends, and ``list()`` of a deque is atomic.
@@ -1050,7 +1054,7 @@ class _StreamCursor:
         fresh = [(index, data) for index, data in kept if index >= self._next]
         if fresh:
             self._next = fresh[-1][0] + 1
-        return [data for _, data in fresh], result
+        return fresh, result
 
 
 def _post_quietly(supervisor: Supervisor, command: Callable[[], None]) -> None:
