@@ -259,7 +259,7 @@ class Journal:
             return found.fetchall()
 
     def row(self, task_id: str) -> JournalRow | None:
-        """One task by id, or None (a task moved to SQLite: see `moved_at`)."""
+        """One task by id as SQLite holds it (what is still in the intake is not seen), or None."""
         seq = task_id.rpartition("-")[2]
         if not seq.isdigit():
             return None
@@ -348,22 +348,10 @@ class Journal:
         for entry in entries:
             kind = entry[0]
             if kind == _NEW:
-                (
-                    _,
-                    task_id,
-                    seq,
-                    spec,
-                    config,
-                    handler,
-                    plan,
-                    refs,
-                    submitted,
-                    not_before,
-                    parent,
-                    detached,
-                ) = entry
-                rows[seq] = (seq, task_id, spec, config, handler, plan, refs, "queued", 0, None,
-                             submitted, not_before, parent, detached, 1)  # fmt: skip
+                # (_NEW, task_id, seq, spec, config, handler, plan, refs, submitted_at, not_before,
+                # parent, detached) in the upsert's columns, queued until a later entry says more.
+                seq = entry[2]
+                rows[seq] = (seq, entry[1], *entry[3:8], "queued", 0, None, *entry[8:], 1)
             elif kind == _STATE:
                 _, seq, status, attempts, result = entry
                 if seq in rows:
@@ -386,14 +374,19 @@ class Journal:
                 )
         upserts = [*rows.values(), *changes.values()]
         self._db.execute("BEGIN")
-        for start in range(0, len(upserts), _UPSERT_ROWS):
-            batch = upserts[start : start + _UPSERT_ROWS]
-            shape = 1 << (len(batch) - 1).bit_length()
-            batch += [batch[-1]] * (shape - len(batch))  # the same row twice upserts the same values
-            self._db.execute(_upsert_sql(shape), list(itertools.chain.from_iterable(batch)))
-        for sql, arguments in statements:
-            self._db.execute(sql, arguments)
-        self._db.execute("COMMIT")
+        try:
+            for start in range(0, len(upserts), _UPSERT_ROWS):
+                batch = upserts[start : start + _UPSERT_ROWS]
+                shape = 1 << (len(batch) - 1).bit_length()
+                batch += [batch[-1]] * (shape - len(batch))  # the same row twice upserts the same values
+                self._db.execute(_upsert_sql(shape), list(itertools.chain.from_iterable(batch)))
+            for sql, arguments in statements:
+                self._db.execute(sql, arguments)
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")  # so that the retry starts afresh
+            raise
         self._moves += 1
         if self._moves % _CHECKPOINT_EVERY == 0:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")

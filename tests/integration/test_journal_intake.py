@@ -126,3 +126,27 @@ def test_a_host_killed_mid_move_replays_both_files_in_order(tmp_path: Path) -> N
     assert stored(path) == {}
     assert journal_counts(path)["counts"]["completed"] == 1
     assert replayed(path) == {1: ("completed", 1)}
+
+
+def test_a_failed_move_is_rolled_back_and_retried(tmp_path: Path, monkeypatch, caplog) -> None:
+    from orchestrator import journal as journal_module
+
+    real = journal_module._upsert_sql
+    failures = []
+
+    def fails_once(rows: int) -> str:
+        if not failures:
+            failures.append(rows)
+            return "INSERT INTO no_such_table VALUES (1)"  # as a full disk would: the statement fails
+        return real(rows)
+
+    journal = Journal(str(tmp_path / "journal.db"))
+    try:
+        monkeypatch.setattr(journal_module, "_upsert_sql", fails_once)
+        journal.add([("ab-1", 1, '{"type": "echo"}', b"\x80", "h", None, None, 0.0, None, None, False)])
+        journal.flush(wait=True)
+        assert failures, "the first move failed"
+        assert [(row.seq, row.status) for row in journal.rows()] == [(1, "queued")]
+        assert any("could not be updated" in r.getMessage() for r in caplog.records)
+    finally:
+        journal.close()
