@@ -47,16 +47,17 @@ class TaskGraph:
             dep_ids += self.groups[spec.depends_on_group].members
         # A member evicted from memory (max_results_in_memory) has no result left to give.
         record.dep_ids = [dep_id for dep_id in dict.fromkeys(dep_ids) if dep_id in tasks]
+        waiting: set[str] = set()
         for dep_id in record.dep_ids:
             dependency = tasks[dep_id]
             dependency.needed_by += 1
             if dependency.result is None:
-                record.waiting.add(dep_id)
+                waiting.add(dep_id)
             elif not dependency.result.success and spec.on_dependency_failure == "fail":
-                record.waiting.clear()
                 return dependency
-        for dep_id in record.waiting:
+        for dep_id in waiting:
             self._dependants.setdefault(dep_id, []).append(record)
+        record.waiting = waiting or None
         return None
 
     def forget_dependant(self, dep_id: str, record: TaskRecord) -> None:
@@ -80,7 +81,8 @@ class TaskGraph:
         """The task is final: its dependants (no longer waiting for it) and what it completed."""
         dependants = self._dependants.pop(record.task_id, [])
         for dependant in dependants:
-            dependant.waiting.discard(record.task_id)
+            if dependant.waiting is not None:
+                dependant.waiting.discard(record.task_id)
         completed = []
         for collections, name in ((self.groups, record.spec.group), (self.plans, record.plan)):
             collection = collections.get(name) if name is not None else None

@@ -129,7 +129,8 @@ class TaskRecord:
     holds_slot: bool = True
     in_ready: bool = False
     dep_ids: list[str] = field(default_factory=list)
-    waiting: set[str] = field(default_factory=set)
+    # The dependencies it still waits for; None for none (most tasks: an empty set costs 216 bytes).
+    waiting: set[str] | None = None
     plan: str | None = None
     plan_refs: dict[str, str] | None = None
     revoking: bool = False
@@ -1076,9 +1077,9 @@ class Supervisor:
         result = dependency.result
         assert result is not None
         why = f"{result.error.kind}: {result.error.message}" if result.error else result.status.value
-        for dep_id in record.waiting:
+        for dep_id in record.waiting or ():
             self._graph.forget_dependant(dep_id, record)
-        record.waiting.clear()
+        record.waiting = None
         self._fail(
             record,
             "dependency_failed",
