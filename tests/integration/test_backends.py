@@ -164,6 +164,11 @@ def test_a_timeout_really_stops_the_handler(backend, tmp_path: Path) -> None:
                        DEADLOCK_TIMEOUT)  # fmt: skip
     assert result.error.kind == "timeout"
     assert result.duration_s < 0.5 + 0.25 + 0.25  # the bound, plus this shared machine's noise
+    # The result goes out at the timeout; the handler stops a moment later, and its worker is then idle.
+    deadline = time.monotonic() + DEADLOCK_TIMEOUT
+    while any(w.state == "busy" for w in orch.get_workers()):
+        assert time.monotonic() < deadline, orch.get_workers()
+        time.sleep(0.01)
     size = log.stat().st_size
     time.sleep(0.3)  # a handler still running would tick 30 times meanwhile
     assert log.stat().st_size == size
