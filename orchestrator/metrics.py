@@ -70,7 +70,7 @@ class Metrics:
         # scrape, so a scrape after submit_task returned counts that task.
         registry.register(_ScrapeCollector(self))
         prom.Info("orchestrator", "This orchestrator's name, backend and version.", registry=registry).info(
-            {"name": name, "backend": backend, "version": metadata.version("parallel-orchestrator")}
+            {"name": name, "backend": backend, "version": _version()}
         )
 
         def counter(metric: str, doc: str, *labels: str) -> _Children:
@@ -266,6 +266,13 @@ class Metrics:
         for task_type, limit in limits.items():
             parallelism.add_metric((task_type,), limit)
         yield parallelism
+
+
+def _version() -> str:
+    try:
+        return metadata.version("parallel-orchestrator")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 class _ScrapeCollector:
