@@ -571,7 +571,7 @@ class Supervisor:
             for other in self._workers.values():
                 if other is worker or (worker.type is not None and other.type != worker.type):
                     continue
-                record = next((r for r in self._open_records(other) if _prefetched(r)), None)
+                record = next(iter(self._held_behind(other)), None)
                 if record is not None:
                     record.revoking = True
                     other.send(protocol.Revoke(record.task_id))
@@ -585,8 +585,8 @@ class Supervisor:
             record
             for worker in self._workers.values()
             if worker.type == waiting.spec.type
-            for record in self._open_records(worker)
-            if _prefetched(record) and record.spec.priority < waiting.spec.priority
+            for record in self._held_behind(worker)
+            if record.spec.priority < waiting.spec.priority
         ]
         if outranked:
             record = min(outranked, key=lambda r: (r.spec.priority, -r.seq))
@@ -1334,6 +1334,13 @@ class Supervisor:
                 self._on_revoked(worker, record.task_id)  # it never ran: it simply goes back in line
             else:
                 self._fail(record, "worker_crashed", message)
+
+    def _held_behind(self, worker: WorkerHandle) -> list[TaskRecord]:
+        """The tasks a worker holds queued behind the one it runs: prefetched, not started. A
+        task just sent to a worker that had none is not among them: it starts at once."""
+        behind = list(worker.tasks)[max(1, worker.slots) :]
+        records = (self._tasks.get(task_id) for task_id in behind)
+        return [r for r in records if r is not None and r.worker is worker and _prefetched(r)]
 
     def _open_records(self, worker: WorkerHandle) -> list[TaskRecord]:
         """The not yet final tasks that this worker still runs for us."""
