@@ -11,7 +11,7 @@ Each orchestrator has its own registry, so several in one process never collide.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Final
 
@@ -231,8 +231,6 @@ class Metrics:
 
     def collect_workers(self) -> Iterator[Metric]:
         """The scrape-time families: workers by type and state, their RSS, the adaptive limits."""
-        from prometheus_client.core import GaugeMetricFamily
-
         if self._read_state is None:
             return
         workers, limits = self._read_state()
@@ -244,28 +242,36 @@ class Metrics:
             counts[label, state] = counts.get((label, state), 0) + 1
             if pid is not None:
                 rss[label] = rss.get(label, 0) + (tree_rss(pid) or 0)
-        by_state = GaugeMetricFamily(
-            "orchestrator_workers", "Worker processes now, by type and state.", labels=("type", "state")
+        yield _gauge(
+            "orchestrator_workers",
+            "Worker processes now, by type and state.",
+            ("type", "state"),
+            counts.items(),
         )
-        for (label, state), count in counts.items():
-            by_state.add_metric((label, state), count)
-        yield by_state
-        memory = GaugeMetricFamily(
+        yield _gauge(
             "orchestrator_worker_rss_bytes",
             "Resident memory of this machine's workers and their children, by type.",
-            labels=("type",),
+            ("type",),
+            (((label,), total) for label, total in rss.items()),
         )
-        for label, total in rss.items():
-            memory.add_metric((label,), total)
-        yield memory
-        parallelism = GaugeMetricFamily(
+        yield _gauge(
             "orchestrator_parallelism_limit",
             "Tasks of a type allowed to run at once now (lowered after a rate limit, then regained).",
-            labels=("type",),
+            ("type",),
+            (((task_type,), limit) for task_type, limit in limits.items()),
         )
-        for task_type, limit in limits.items():
-            parallelism.add_metric((task_type,), limit)
-        yield parallelism
+
+
+def _gauge(
+    name: str, doc: str, labels: tuple[str, ...], samples: Iterable[tuple[tuple[str, ...], float]]
+) -> Metric:
+    """A gauge family read at scrape time, one sample per label values."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for label_values, value in samples:
+        family.add_metric(label_values, value)
+    return family
 
 
 def _version() -> str:
