@@ -80,6 +80,7 @@ class Orchestrator(Contender):
             max_workers=self.workers,
             min_workers=self.workers,
             task_queue_size=self.queue,
+            max_results_in_memory=self.queue,
             start_method=self.method,
             handlers=HANDLERS,
             control_socket=False,

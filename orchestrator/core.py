@@ -642,8 +642,10 @@ class ParallelOrchestrator:
         record = self._record(task_id)
         if record.result is None:
             final = threading.Event()
-            self._notify_when_final([record], lambda result: final.set())
-            if not final.wait(timeout):
+            # No round trip to the supervisor: it sets ``result`` before it calls the waiters, so
+            # either it finds this one in the list or the second look below sees the result.
+            record.waiters.append(lambda result: final.set())
+            if record.result is None and not final.wait(timeout):
                 raise TimeoutError(f"task {task_id} is not final after {timeout} s (status {record.status})")
         assert record.result is not None
         return record.result

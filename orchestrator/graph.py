@@ -42,6 +42,8 @@ class TaskGraph:
         (the task then waits for nothing), else None.
         """
         spec = record.spec
+        if not spec.depends_on and spec.depends_on_group is None:
+            return None
         dep_ids = list(spec.depends_on)
         if spec.depends_on_group is not None:
             dep_ids += self.groups[spec.depends_on_group].members
@@ -68,6 +70,8 @@ class TaskGraph:
 
     def join(self, record: TaskRecord) -> None:
         """Count the task in its group and its plan."""
+        if record.spec.group is None and record.plan is None:
+            return
         for kind, collections, name in (
             ("group", self.groups, record.spec.group),
             ("plan", self.plans, record.plan),
@@ -80,6 +84,8 @@ class TaskGraph:
     def release(self, record: TaskRecord) -> tuple[list[TaskRecord], list[Collection]]:
         """The task is final: its dependants (no longer waiting for it) and what it completed."""
         dependants = self._dependants.pop(record.task_id, [])
+        if not dependants and record.spec.group is None and record.plan is None:
+            return dependants, []
         for dependant in dependants:
             if dependant.waiting is not None:
                 dependant.waiting.discard(record.task_id)

@@ -8,9 +8,31 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+_set_attribute = object.__setattr__
+
+
+def assemble(cls: type[ModelT], **values: Any) -> ModelT:
+    """``cls.model_construct(**values)`` at a quarter of its cost, for values that name every field.
+
+    For the models the supervisor builds per task from values it made itself: nothing is
+    validated and no default is filled in, so a missing field is an error here.
+    """
+    if values.keys() != cls.model_fields.keys():
+        missing, unknown = cls.model_fields.keys() - values.keys(), values.keys() - cls.model_fields.keys()
+        raise TypeError(
+            f"{cls.__name__} takes every field: missing {sorted(missing)}, unknown {sorted(unknown)}"
+        )
+    model = cls.__new__(cls)
+    _set_attribute(model, "__dict__", values)
+    _set_attribute(model, "__pydantic_fields_set__", set(values))
+    _set_attribute(model, "__pydantic_extra__", None)
+    _set_attribute(model, "__pydantic_private__", None)
+    return model
 
 
 class TaskStatus(enum.StrEnum):

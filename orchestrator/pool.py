@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import select
 import signal
 import sys
 import threading
@@ -55,8 +54,9 @@ class WorkerHandle:
     pending: list[protocol.RunTask] = field(default_factory=list)
     slots: int = 1
     prefetch: int = 0
-    # An async worker runs tasks side by side; a sync one runs one, even while it waits.
-    concurrent: bool = False
+    # An async worker runs tasks side by side; a sync one runs one, even while it waits. None
+    # until its first task started (the handler's kind decides).
+    concurrent: bool | None = None
     # Tasks of this worker blocked in a wait whose slot is lent to other work.
     released: int = 0
     # The Dask worker whose node runs this process (None: a local worker); its display id.
@@ -71,14 +71,13 @@ class WorkerHandle:
     last_active: float = field(default_factory=time.time)
     exit_reason: str | None = None
     timer: Timer | None = None
-    _poller: select.poll = field(default_factory=select.poll, repr=False)
+    frames: protocol.FrameReader = field(init=False, repr=False)
+    # The worker's pid, read once: the process object re-checks its state on every read.
+    pid: int | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self._poller.register(self.conn.fileno(), select.POLLIN)
-
-    def readable(self) -> bool:
-        """True when a message (or EOF) waits on the pipe; never blocks."""
-        return bool(self._poller.poll(0))
+        self.frames = protocol.FrameReader(self.conn.fileno())
+        self.pid = self.process.pid
 
     @property
     def current_task(self) -> str | None:
@@ -104,11 +103,6 @@ class WorkerHandle:
         if self.concurrent:
             return len(self.tasks) - self.released
         return len(self.tasks)
-
-    @property
-    def pid(self) -> int | None:
-        """The worker's pid (None only before the process started)."""
-        return self.process.pid
 
     @property
     def sentinel(self) -> int:

@@ -62,6 +62,7 @@ from orchestrator.models import (
     TaskStatus,
     WorkerExitedEvent,
     WorkerSpawnedEvent,
+    assemble,
 )
 from orchestrator.plans import PlanError, substitute
 from orchestrator.pool import ProcessPool, WorkerHandle, exit_reason_of
@@ -101,8 +102,8 @@ _FINAL_EVENT: Final = {
 class TaskRecord:
     """A task as the host tracks it. Created by `submit_task`, then mutated by the supervisor only.
 
-    Caller threads read ``status`` and ``result`` (single attribute reads); waiting goes through
-    ``waiters``, which only the supervisor touches.
+    Caller threads read ``status`` and ``result`` (single attribute reads) and may append to
+    ``waiters`` (an atomic append); the supervisor sets ``result`` before it calls and clears them.
     """
 
     task_id: str
@@ -354,8 +355,10 @@ class Supervisor:
 
     def _handle_ready(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
         deaths = []
+        woken = False
         for key, _ in ready:
             if key.data is None:
+                woken = True
                 continue
             worker, what = key.data
             if what == "pipe":
@@ -365,14 +368,14 @@ class Supervisor:
         for worker in deaths:
             if worker.worker_id in self._workers:
                 self._reap(worker)
-        self._run_commands()
+        self._run_commands(woken)
 
-    def _run_commands(self) -> None:
-        try:
-            while os.read(self._wakeup_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+    def _run_commands(self, woken: bool) -> None:
+        # One byte per wake-up at most waits in the pipe (`post` writes only while none is pending);
+        # a byte written after the select returned wakes the next select, which is harmless.
+        if woken:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wakeup_r, 4096)
         self._wakeup_pending = False
         while self._commands:
             self._commands.popleft()()
@@ -447,7 +450,8 @@ class Supervisor:
     def _announce_queued(self, record: TaskRecord) -> None:
         listeners = self._bus.listeners("task_queued")
         if listeners:
-            event = TaskQueuedEvent.model_construct(
+            event = assemble(
+                TaskQueuedEvent,
                 event="task_queued",
                 timestamp=datetime.now(UTC),
                 task_id=record.task_id,
@@ -544,14 +548,20 @@ class Supervisor:
         active), an untyped one, a new one, then the least loaded one of its type that can hold it
         queued (prefetch); else none, and an idle worker of another type is retired for room."""
         pool = self._pool
-        for wanted in (task_type, None):
-            fits = [
-                w
-                for w in self._workers.values()
-                if w.type == wanted and w.has_room() and pool.may_run(w, task_type)
-            ]
-            if fits:
-                return max(fits, key=lambda w: w.last_active)
+        found: list[WorkerHandle | None] = [None, None]  # of its type, untyped
+        for w in self._workers.values():
+            kind = 0 if w.type == task_type else 1 if w.type is None else None
+            if kind is None:
+                continue
+            best = found[kind]
+            if (
+                (best is None or w.last_active > best.last_active)
+                and w.has_room()
+                and pool.may_run(w, task_type)
+            ):
+                found[kind] = w
+        if found[0] is not None or found[1] is not None:
+            return found[0] or found[1]
         if sum(not w.lent_out for w in self._workers.values()) < self._config.max_workers:
             spawned = self._spawn_worker(task_type)
             if spawned is not None:
@@ -609,6 +619,7 @@ class Supervisor:
         self._make_ready(record)
         if not worker.tasks and worker.worker_id in self._workers and worker.exit_reason is None:
             self._make_idle(worker)
+        self._start_head(worker)
 
     def _make_room(self) -> None:
         """Retire the least recently used idle worker of another type, one at a time."""
@@ -629,21 +640,29 @@ class Supervisor:
         record.worker = worker
         record.attempts += 1
         self._running_by_type[spec.type] = self._running_by_type.get(spec.type, 0) + 1
+        msg.report_start = worker.concurrent is not False
         if worker.state == "starting":
             worker.pending.append(msg)
         else:
             worker.state = "busy"
             worker.send(msg)
+            if len(worker.tasks) == 1:
+                self._start_head(worker)
 
     # ----------------------------------------------------------------- worker messages
 
-    def _drain(self, worker: WorkerHandle) -> None:
-        conn = worker.conn
+    def _drain(self, worker: WorkerHandle, until_empty: bool = False) -> None:
+        """Handle what the worker's pipe holds: one read when the selector found it readable, or
+        everything left (``until_empty``, a dead worker's last words; a pipe another process still
+        holds open may then be empty without EOF, so it is polled before each read)."""
         try:
-            while worker.readable():
-                self._handle_message(worker, protocol.decode(conn.recv_bytes()))
+            while not until_empty or worker.conn.poll(0):
+                for frame in worker.frames.read():
+                    self._handle_message(worker, protocol.decode(frame))
+                if not until_empty:
+                    return
         except (EOFError, OSError):
-            self._unwatch(conn.fileno())
+            self._unwatch(worker.conn.fileno())
             self._pool.connection_lost(worker)
         except protocol.ProtocolError:
             logger.exception("worker %d sent an undecodable frame; killing it", worker.worker_id)
@@ -701,8 +720,22 @@ class Supervisor:
             worker.prefetch = self._config.prefetch
             self._prefetching = self._config.prefetch > 0
         record = self._active_record(worker, task_id)
-        if record is None:
+        if record is not None and record.status is TaskStatus.QUEUED:
+            self._begin(worker, record)
+
+    def _start_head(self, worker: WorkerHandle) -> None:
+        """A worker that runs one task at a time takes them in the order they were sent: once
+        those before it ended, its first task runs, and it does not say so (`RunTask.report_start`).
+        One being taken back is left to the worker's answer (`Revoked` or `TaskStarted`)."""
+        if worker.concurrent is not False or not worker.tasks:
             return
+        record = self._active_record(worker, next(iter(worker.tasks)))
+        if record is not None and record.status is TaskStatus.QUEUED and not record.revoking:
+            self._begin(worker, record)
+
+    def _begin(self, worker: WorkerHandle, record: TaskRecord) -> None:
+        """The task runs on ``worker`` from now: its timeout's clock starts."""
+        task_id = record.task_id
         record.revoking = False
         record.status = TaskStatus.RUNNING
         if self._journal is not None:
@@ -734,7 +767,8 @@ class Supervisor:
         self._watch_resources()
         listeners = self._bus.listeners("task_started")
         if listeners:
-            event = TaskStartedEvent.model_construct(
+            event = assemble(
+                TaskStartedEvent,
                 event="task_started",
                 timestamp=datetime.now(UTC),
                 task_id=task_id,
@@ -751,8 +785,8 @@ class Supervisor:
         record = self._active_record(worker, msg.task_id)
         if record is None:
             return
-        progress = record.progress = Progress.model_construct(
-            task_id=msg.task_id, completed=msg.completed, total=msg.total, message=msg.message
+        progress = record.progress = assemble(
+            Progress, task_id=msg.task_id, completed=msg.completed, total=msg.total, message=msg.message
         )
         listeners = self._bus.listeners("task_progress")
         if listeners or record.on_progress is not None:
@@ -784,7 +818,8 @@ class Supervisor:
             watcher()
         listeners = self._bus.listeners("task_partial")
         if listeners:
-            event = TaskPartialEvent.model_construct(
+            event = assemble(
+                TaskPartialEvent,
                 event="task_partial",
                 timestamp=datetime.now(UTC),
                 task_id=msg.task_id,
@@ -797,6 +832,8 @@ class Supervisor:
     def _on_task_reply(self, worker: WorkerHandle, msg: protocol.TaskDone | protocol.TaskFailed) -> None:
         record = self._active_record(worker, msg.task_id)
         if record is not None:
+            if record.status is TaskStatus.QUEUED:  # it ended before the answer to a Revoke came
+                self._begin(worker, record)
             if isinstance(msg, protocol.TaskDone):
                 self._complete(record, msg.data)
             else:
@@ -805,6 +842,7 @@ class Supervisor:
                 self._fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type, msg.retry_after)
         if msg.task_id in worker.tasks:
             self._release(worker, msg.task_id)
+            self._start_head(worker)
 
     def _complete(self, record: TaskRecord, packed: bytes) -> None:
         try:
@@ -857,8 +895,12 @@ class Supervisor:
         if self._may_retry(record, kind):
             self._retry_later(record, kind, message, retry_after)
             return
-        error = TaskError.model_construct(
-            kind=cast(ErrorKind, kind), message=message, traceback=traceback, exception_type=exception_type
+        error = assemble(
+            TaskError,
+            kind=cast(ErrorKind, kind),
+            message=message,
+            traceback=traceback,
+            exception_type=exception_type,
         )
         status = TaskStatus.CANCELLED if kind == "cancelled" else TaskStatus.ERROR
         self._finish(record, status, error=error)
@@ -941,7 +983,8 @@ class Supervisor:
         record.blocks.clear()
         finished = time.time()
         started = record.started_at
-        result = TaskResult.model_construct(
+        result = assemble(
+            TaskResult,
             task_id=record.task_id,
             status=status,
             success=status is TaskStatus.COMPLETED,
@@ -1030,6 +1073,8 @@ class Supervisor:
     def _evict(self) -> None:
         limit = self._config.max_results_in_memory
         ttl = self._config.result_ttl
+        if ttl is None and len(self._finished_order) <= limit:
+            return
         now = time.monotonic()
         # With a journal, a result leaves memory only once it is in SQLite, where reads find it.
         moved_at = self._journal.moved_at if self._journal is not None else now
@@ -1090,7 +1135,8 @@ class Supervisor:
         name = f"{collection.kind}_completed"
         listeners = self._bus.listeners(name)
         if listeners:
-            event = CollectionCompletedEvent.model_construct(
+            event = assemble(
+                CollectionCompletedEvent,
                 event=name,
                 timestamp=datetime.now(UTC),
                 name=collection.name,
@@ -1229,7 +1275,8 @@ class Supervisor:
         self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "exit"))
         listeners = self._bus.listeners("worker_spawned")
         if listeners:
-            event = WorkerSpawnedEvent.model_construct(
+            event = assemble(
+                WorkerSpawnedEvent,
                 event="worker_spawned",
                 timestamp=datetime.now(UTC),
                 worker_id=worker.worker_id,
@@ -1279,7 +1326,7 @@ class Supervisor:
 
     def _reap(self, worker: WorkerHandle) -> None:
         """A worker's process ended: fail its task if it had one, forget it, replace it if needed."""
-        self._drain(worker)
+        self._drain(worker, until_empty=True)
         worker.process.join()
         exitcode = worker.process.exitcode
         Timers.cancel(worker.timer)
@@ -1304,7 +1351,8 @@ class Supervisor:
         )
         listeners = self._bus.listeners("worker_exited")
         if listeners:
-            event = WorkerExitedEvent.model_construct(
+            event = assemble(
+                WorkerExitedEvent,
                 event="worker_exited",
                 timestamp=datetime.now(UTC),
                 worker_id=worker.worker_id,
@@ -1585,7 +1633,7 @@ class Supervisor:
         listeners = self._bus.listeners(name)
         if listeners:
             model = ScheduleFiredEvent if name == "schedule_fired" else ScheduleMissedEvent
-            event = model.model_construct(event=name, timestamp=datetime.now(UTC), **fields)
+            event = assemble(model, event=name, timestamp=datetime.now(UTC), **fields)
             self._bus.post(None, call_each, listeners, event, name)
         logger.debug("%s %s", name, fields)
 
@@ -1759,7 +1807,8 @@ def _deliver_progress(
     if callback is not None:
         call_each((callback,), progress, "on_progress", about)
     if listeners:
-        event = TaskProgressEvent.model_construct(
+        event = assemble(
+            TaskProgressEvent,
             event="task_progress",
             timestamp=datetime.now(UTC),
             task_id=progress.task_id,
@@ -1776,8 +1825,8 @@ def _deliver_final(
     about: TaskRef,
 ) -> None:
     if listeners:
-        event = TaskFinishedEvent.model_construct(
-            event=name, timestamp=datetime.now(UTC), task_id=result.task_id, result=result
+        event = assemble(
+            TaskFinishedEvent, event=name, timestamp=datetime.now(UTC), task_id=result.task_id, result=result
         )
         call_each(listeners, event, name, about)
     if callback is not None:

@@ -9,6 +9,8 @@ the pipe.
 
 from __future__ import annotations
 
+import os
+import struct
 import sys
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -111,6 +113,10 @@ class RunTask:
     deps: bytes
     attempt: int
     group: str | None = None
+    # False once the host knows the worker runs one task at a time: it then counts a task as
+    # started when those sent before it have ended, and needs no `TaskStarted` (one message less
+    # per task). A `Revoke` that comes too late is still answered with one.
+    report_start: bool = True
 
 
 @dataclass(slots=True)
@@ -183,7 +189,8 @@ class Hello:
 
 @dataclass(slots=True)
 class TaskStarted:
-    """Worker -> host: the handler is about to be called (a timeout's clock starts here).
+    """Worker -> host: the handler is about to be called (a timeout's clock starts here), when the
+    RunTask asked for it; also the answer to a `Revoke` that came after the task was taken.
 
     ``concurrent`` is True for an ``async def`` handler: such a worker can take more tasks at once.
     """
@@ -358,3 +365,70 @@ def decode(frame: bytes) -> Message:
         return cls(*values)  # type: ignore[no-any-return]
     except Exception as exc:
         raise ProtocolError(f"undecodable frame of {len(frame)} bytes: {exc!r}") from exc
+
+
+# `Connection.send_bytes` framing: a signed 32-bit big-endian length, or -1 then an unsigned 64-bit one.
+_SHORT_HEADER: Final = struct.Struct("!i")
+_LONG_HEADER: Final = struct.Struct("!Q")
+_READ_SIZE: Final = 1 << 16
+
+
+class FrameReader:
+    """Every frame `Connection.send_bytes` wrote to a pipe, in one system call per wake-up.
+
+    `Connection.recv_bytes` reads a frame's header and its body separately: two system calls per
+    message, each a point where another thread of the process may take the GIL and keep it for a
+    whole switch interval. This reads what has arrived at once and splits it into frames.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        # The start of a frame not yet whole, kept in pieces so that a large frame is joined once.
+        self._parts: list[bytes] = []
+        self._held = 0
+        self._wanted = 0
+
+    def read(self) -> list[bytes]:
+        """Read once and return the frames now whole (maybe none); blocks only while nothing arrived.
+
+        Raises EOFError when the other end has closed, `ProtocolError` on a corrupt header.
+        """
+        data = os.read(self._fd, max(_READ_SIZE, self._wanted - self._held))
+        if not data:
+            raise EOFError("the pipe was closed")
+        if self._parts:
+            self._parts.append(data)
+            self._held += len(data)
+            if self._held < self._wanted:
+                return []
+            data = b"".join(self._parts)
+            self._parts = []
+        frames, rest, self._wanted = _split_frames(data)
+        if rest < len(data):
+            self._parts = [data[rest:]]
+        self._held = len(data) - rest
+        return frames
+
+
+def _split_frames(data: bytes) -> tuple[list[bytes], int, int]:
+    """The whole frames in ``data``, where the rest starts, and how long the rest must grow to."""
+    frames: list[bytes] = []
+    start = 0
+    size = len(data)
+    while True:
+        if size - start < _SHORT_HEADER.size:
+            return frames, start, _SHORT_HEADER.size
+        (length,) = _SHORT_HEADER.unpack_from(data, start)
+        header = _SHORT_HEADER.size
+        if length < 0:
+            if length != -1:
+                raise ProtocolError(f"corrupt frame header (length {length})")
+            header += _LONG_HEADER.size
+            if size - start < header:
+                return frames, start, header
+            (length,) = _LONG_HEADER.unpack_from(data, start + _SHORT_HEADER.size)
+        end = start + header + length
+        if end > size:
+            return frames, start, header + length
+        frames.append(data[start + header : end])
+        start = end

@@ -117,6 +117,7 @@ class _WorkerRuntime:
         reader.start()
         while isinstance(msg := self._inbox.get(), protocol.RunTask):
             prepared = self._prepare(msg)
+            report_start = msg.report_start
             del msg
             if isinstance(prepared, protocol.TaskFailed):
                 self._send(prepared)
@@ -124,45 +125,50 @@ class _WorkerRuntime:
                 self._serve_async(*prepared)
                 return
             else:
-                self._send(self._run_sync(*prepared))
+                self._send(self._run_sync(*prepared, report_start))
 
     def _read_host_messages(self) -> None:
         # Signals are for the main thread: a handler that blocks SIGTERM there is not overruled here.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, STOP_SIGNAL})
         poller = select.poll()
         poller.register(self._conn.fileno(), select.POLLIN)
+        frames = protocol.FrameReader(self._conn.fileno())
         while True:
             try:
                 if not poller.poll(HOST_CHECK_INTERVAL * 1000):
                     if not _process_alive(self._host_pid):
                         _exit_orphaned()
                     continue
-                msg = protocol.decode(self._conn.recv_bytes())
+                messages = [protocol.decode(frame) for frame in frames.read()]
             except (EOFError, OSError):
                 _exit_orphaned()
             except protocol.ProtocolError as exc:
                 print(f"orchestrator worker {os.getpid()}: {exc}", file=sys.stderr)
                 _exit_orphaned()
-            if isinstance(msg, protocol.StopTask):
-                self._request_stop(msg.task_id, msg.reason)
-                continue
-            if isinstance(msg, protocol.Revoke):
-                if self._inbox.take_back(msg.task_id):
-                    self._send(protocol.Revoked(msg.task_id))
-                continue
-            if isinstance(msg, protocol.Reply):
-                self._link.on_reply(msg)
-                continue
-            if isinstance(msg, protocol.Measure):
-                self._send(_usage())
-                continue
-            if isinstance(msg, protocol.Deliver):
-                self._on_deliver(msg)
-                continue
+            for msg in messages:
+                if not self._handle_host_message(msg):
+                    return
+
+    def _handle_host_message(self, msg: protocol.Message) -> bool:
+        """Act on one message from the host (on the reader thread); False once told to shut down."""
+        if isinstance(msg, protocol.StopTask):
+            self._request_stop(msg.task_id, msg.reason)
+        elif isinstance(msg, protocol.Revoke):
+            if self._inbox.take_back(msg.task_id):
+                self._send(protocol.Revoked(msg.task_id))
+            else:  # too late: the main thread took it, and may not have said so
+                self._send(protocol.TaskStarted(msg.task_id, self._loop is not None))
+        elif isinstance(msg, protocol.Reply):
+            self._link.on_reply(msg)
+        elif isinstance(msg, protocol.Measure):
+            self._send(_usage())
+        elif isinstance(msg, protocol.Deliver):
+            self._on_deliver(msg)
+        else:
             with self._lock:
                 self._deliver(msg)
-            if isinstance(msg, protocol.Shutdown):
-                return
+            return not isinstance(msg, protocol.Shutdown)
+        return True
 
     def _on_deliver(self, msg: protocol.Deliver) -> None:
         try:
@@ -235,9 +241,12 @@ class _WorkerRuntime:
 
     # ------------------------------------------------------------------ sync mode
 
-    def _run_sync(self, ctx: TaskContext, handler: Callable[..., Any]) -> protocol.Message:
+    def _run_sync(
+        self, ctx: TaskContext, handler: Callable[..., Any], report_start: bool
+    ) -> protocol.Message:
         try:
-            self._send(protocol.TaskStarted(ctx.task_id, False))
+            if report_start:
+                self._send(protocol.TaskStarted(ctx.task_id, False))
             result = self._invoke(handler, ctx)
             # Packed before the task's blocks are unmapped: the result may be a view of one.
             return self._result_message(ctx, result)

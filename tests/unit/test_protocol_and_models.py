@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import struct
+import threading
+
 import pytest
 from pydantic import ValidationError
 
@@ -125,3 +130,56 @@ def test_errors_share_one_root() -> None:
         value = getattr(orchestrator, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, orchestrator.OrchestratorError)
+
+
+def _frame(body: bytes, long: bool = False) -> bytes:
+    if long:
+        return struct.pack("!i", -1) + struct.pack("!Q", len(body)) + body
+    return struct.pack("!i", len(body)) + body
+
+
+def test_frame_reader_splits_what_arrived_and_keeps_the_rest_for_later() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        reader = protocol.FrameReader(read_end)
+        stream = _frame(b"one") + _frame(b"") + _frame(b"three", long=True) + _frame(b"x" * 200_000)
+        os.write(write_end, stream[:5])  # a header and one byte of the first body
+        assert reader.read() == []
+        os.write(write_end, stream[5:20])
+        assert reader.read() == [b"one", b""]
+        writer = threading.Thread(target=os.write, args=(write_end, stream[20:]))
+        writer.start()
+        frames: list[bytes] = []
+        while len(frames) < 2:
+            frames += reader.read()
+        writer.join()
+        assert frames == [b"three", b"x" * 200_000]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_frame_reader_reports_end_of_file_and_corrupt_headers() -> None:
+    read_end, write_end = os.pipe()
+    reader = protocol.FrameReader(read_end)
+    os.write(write_end, struct.pack("!i", -7) + b"junk")
+    with pytest.raises(protocol.ProtocolError, match="corrupt frame header"):
+        reader.read()
+    os.close(write_end)
+    with pytest.raises(EOFError):
+        reader.read()
+    os.close(read_end)
+
+
+def test_frame_reader_reads_what_connection_send_bytes_writes() -> None:
+    receiving, sending = multiprocessing.Pipe()
+    messages = [protocol.encode(m) for m in MESSAGES]
+    for frame in messages:
+        sending.send_bytes(frame)
+    reader = protocol.FrameReader(receiving.fileno())
+    frames: list[bytes] = []
+    while len(frames) < len(messages):
+        frames += reader.read()
+    assert [protocol.decode(f) for f in frames] == MESSAGES
+    receiving.close()
+    sending.close()
