@@ -17,7 +17,7 @@ import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Self, TypeVar, cast, final
 
 import psutil
@@ -967,13 +967,28 @@ class ParallelOrchestrator:
         if self._journal is not None and isinstance(task_id, str):
             row = self._journal.row(task_id)
             if row is not None and row.result is not None:
-                return self._restore(row)  # evicted from memory, still in the journal
+                restored = self._restore(row)  # evicted from memory, still in the journal
+                if not self._outlived_ttl(restored):
+                    return restored
+                ttl = self.config.result_ttl
+                raise TaskNotFoundError(
+                    f"task {task_id!r} was evicted: its result outlived result_ttl={ttl} s"
+                )
         if isinstance(task_id, str) and self._was_ours(task_id):
             raise TaskNotFoundError(
                 f"task {task_id!r} was evicted from memory (max_results_in_memory="
                 f"{self.config.max_results_in_memory}); set journal_path to keep old results readable"
             )
         raise TaskNotFoundError(f"no task with id {task_id!r} in orchestrator {self.config.name!r}")
+
+    def _outlived_ttl(self, record: TaskRecord) -> bool:
+        """A result past ``result_ttl`` is gone, even before its row leaves SQLite (up to a move
+        interval after it left memory)."""
+        ttl = self.config.result_ttl
+        finished = record.result.finished_at if record.result is not None else None
+        return (
+            ttl is not None and finished is not None and (datetime.now(UTC) - finished).total_seconds() > ttl
+        )
 
     def _was_ours(self, task_id: str) -> bool:
         """An id this instance issued (its sequence number says so without storing it)."""

@@ -41,6 +41,10 @@ MAIN_GUARD_HELP: Final = (
 )
 
 
+# What a local worker's main thread reads from its task pipe: its tasks, and the order to stop after them.
+_TASK_PIPE_MESSAGES: Final = (protocol.RunTask, protocol.Shutdown)
+
+
 @dataclass(eq=False)
 class WorkerHandle:
     """The host's view of one worker process. Owned and mutated by the supervisor thread only."""
@@ -48,9 +52,13 @@ class WorkerHandle:
     worker_id: int
     process: BaseProcess
     conn: Connection
+    # The pipe tasks go on (a local worker's main thread reads it); None: they go on ``conn``.
+    task_conn: Connection | None = None
     type: str | None = None
     state: str = "starting"
-    tasks: dict[str, None] = field(default_factory=dict)
+    # Its tasks in the order they were sent, with their `RunTask.seq`.
+    tasks: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
     pending: list[protocol.RunTask] = field(default_factory=list)
     slots: int = 1
     prefetch: int = 0
@@ -111,8 +119,11 @@ class WorkerHandle:
 
     def send(self, msg: protocol.Message) -> bool:
         """Send one message; False if the worker's pipe is already broken (it is dying)."""
+        conn = self.conn
+        if self.task_conn is not None and isinstance(msg, _TASK_PIPE_MESSAGES):
+            conn = self.task_conn
         try:
-            self.conn.send_bytes(protocol.encode(msg))
+            conn.send_bytes(protocol.encode(msg))
         except OSError:
             return False
         return True
@@ -180,17 +191,24 @@ class WorkerPool:
         if not waiting:
             return None  # local processes exist only once started here
         host_end, worker_end = self._context.Pipe(duplex=True)
-        # Under fork the child inherits the host's end of its own pipe; it closes it by number.
-        inherited = [host_end.fileno(), *self._private_fds] if self._start_method == "fork" else []
+        task_reader, task_writer = self._context.Pipe(duplex=False)
+        # Under fork the child inherits the host's ends of its own pipes; it closes them by number.
+        inherited = (
+            [host_end.fileno(), task_writer.fileno(), *self._private_fds]
+            if self._start_method == "fork"
+            else []
+        )
         process = self._context.Process(
             target=worker_main,
             args=(worker_end, worker_id, os.getpid(), inherited, self._shm_threshold, self._block_namespace),
+            kwargs={"task_conn": task_reader},
             name=f"orch-worker-{worker_id}",
         )
         process.start()
         worker_end.close()
+        task_reader.close()
         logger.debug("spawned worker %d (pid %s)", worker_id, process.pid)
-        return WorkerHandle(worker_id, process, host_end)
+        return WorkerHandle(worker_id, process, host_end, task_writer)
 
     @property
     def block_namespace(self) -> str:
@@ -215,6 +233,8 @@ class WorkerPool:
     def release(worker: WorkerHandle) -> None:
         """Free what the host holds for a reaped worker."""
         worker.conn.close()
+        if worker.task_conn is not None:
+            worker.task_conn.close()
 
     def close(self, wait: bool = True) -> None:
         """Release this pool's share of the multiprocessing helpers (see `_HelperLease`)."""

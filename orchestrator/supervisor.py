@@ -583,8 +583,7 @@ class Supervisor:
                     continue
                 record = next(iter(self._held_behind(other)), None)
                 if record is not None:
-                    record.revoking = True
-                    other.send(protocol.Revoke(record.task_id))
+                    self._revoke(record)
                     break
 
     def _revoke_outranked(self, waiting: TaskRecord) -> None:
@@ -599,10 +598,15 @@ class Supervisor:
             if record.spec.priority < waiting.spec.priority
         ]
         if outranked:
-            record = min(outranked, key=lambda r: (r.spec.priority, -r.seq))
-            assert record.worker is not None
-            record.revoking = True
-            record.worker.send(protocol.Revoke(record.task_id))
+            self._revoke(min(outranked, key=lambda r: (r.spec.priority, -r.seq)))
+
+    def _revoke(self, record: TaskRecord) -> None:
+        """Ask the worker that holds a prefetched task to give it back (it answers `Revoked`, or
+        `TaskStarted` when it had taken it already)."""
+        worker = record.worker
+        assert worker is not None
+        record.revoking = True
+        worker.send(protocol.Revoke(record.task_id, worker.tasks[record.task_id]))
 
     def _on_revoked(self, worker: WorkerHandle, task_id: str) -> None:
         record = self._active_record(worker, task_id)
@@ -636,7 +640,8 @@ class Supervisor:
             self._queue_slots.give()
         Timers.cancel(worker.timer)
         worker.type = spec.type
-        worker.tasks[record.task_id] = None
+        worker.sent += 1
+        msg.seq = worker.tasks[record.task_id] = worker.sent
         record.worker = worker
         record.attempts += 1
         self._running_by_type[spec.type] = self._running_by_type.get(spec.type, 0) + 1
@@ -1571,8 +1576,7 @@ class Supervisor:
         if worker.lent_out:
             for queued in self._open_records(worker):
                 if _prefetched(queued):
-                    queued.revoking = True  # it would wait behind a task that waits: run it elsewhere
-                    worker.send(protocol.Revoke(queued.task_id))
+                    self._revoke(queued)  # it would wait behind a task that waits: run it elsewhere
 
     def _reclaim(self, record: TaskRecord) -> None:
         """A waiting task goes on: it takes its slot back, even above the limits (they recover)."""

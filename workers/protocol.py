@@ -117,6 +117,8 @@ class RunTask:
     # started when those sent before it have ended, and needs no `TaskStarted` (one message less
     # per task). A `Revoke` that comes too late is still answered with one.
     report_start: bool = True
+    # This worker's count of tasks sent to it, this one included: a `Revoke` names it.
+    seq: int = 0
 
 
 @dataclass(slots=True)
@@ -130,10 +132,15 @@ class StopTask:
 
 @dataclass(slots=True)
 class Revoke:
-    """Host -> worker: give this task back if it has not started (another worker is free)."""
+    """Host -> worker: give this task back if it has not started (another worker is free).
+
+    ``seq`` is the task's `RunTask.seq`: the worker may not have read that RunTask yet, and
+    knows by the number whether it has taken it.
+    """
 
     TAG: ClassVar[int] = 4
     task_id: str
+    seq: int
 
 
 @dataclass(slots=True)

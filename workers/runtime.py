@@ -1,10 +1,13 @@
 """The worker process: take tasks from the host's pipe, run their handlers, send the outcome back.
 
 Two threads. The main thread runs handlers, one task at a time, and is the only one that calls
-user code. A small reader thread owns the pipe's read side: it queues tasks for the main thread,
-turns a stop request (cancel or timeout) into a signal to the main thread, and notices when the
-host is gone (EOF on the pipe, or its pid no longer alive), in which case the worker kills its
-own children and exits: no worker outlives its host, whatever the start method.
+user code. A local worker reads its tasks itself, from a pipe of their own, so a task reaches
+its handler without a hand-off between threads, and a task sent while another runs wakes nobody.
+A small reader thread owns the other pipe, which carries everything else: it turns a stop
+request (cancel or timeout) into a signal to the main thread, answers revokes, and notices when
+the host is gone (EOF on the pipe, or its pid no longer alive), in which case the worker kills
+its own children and exits: no worker outlives its host, whatever the start method. A worker on
+a Dask node has one connection, and its reader thread queues the tasks for the main thread.
 
 A stop request raises `TaskCancelled`/`TaskTimeout` inside the handler through ``SIGUSR1``. The
 signal is blocked whenever the main thread is not inside the handler, and a flag guards the rest,
@@ -52,24 +55,27 @@ def worker_main(
     shm_threshold: int | None,
     block_namespace: str,
     node: str | None = None,
+    task_conn: Connection | None = None,
 ) -> None:
-    """Entry point of a worker process: serve tasks from ``conn`` until told to stop.
+    """Entry point of a worker process: serve tasks from the host until told to stop.
 
     Args:
         conn: this worker's end of its duplex pipe to the host.
         worker_id: the host's number for this worker.
         host_pid: the host's pid, watched so that the worker never outlives it.
-        inherited_fds: host fds a ``fork`` child holds copies of and must close: the host's end of
-            its pipe (else EOF would never report the host's death) and the journal's lock.
+        inherited_fds: host fds a ``fork`` child holds copies of and must close: the host's ends of
+            its pipes (else EOF would never report the host's death) and the journal's lock.
         shm_threshold: buffers of at least this many bytes travel in shared memory (None: never).
         block_namespace: the orchestrator's part of its shared-memory block names.
         node: the Dask worker whose node runs this process (named in handler import errors).
+        task_conn: the read end of the pipe the host sends `RunTask` and `Shutdown` on (None:
+            they come on ``conn``).
     """
     for fd in inherited_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
     blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
-    _WorkerRuntime(conn, worker_id, host_pid, blocks, node).serve()
+    _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, node).serve()
 
 
 class _WorkerRuntime:
@@ -82,21 +88,29 @@ class _WorkerRuntime:
     """
 
     def __init__(
-        self, conn: Connection, worker_id: int, host_pid: int, blocks: BlockWriter | None, node: str | None
+        self,
+        conn: Connection,
+        task_conn: Connection | None,
+        worker_id: int,
+        host_pid: int,
+        blocks: BlockWriter | None,
+        node: str | None,
     ) -> None:
         self._conn = conn
         self._where = f" on {node}" if node else ""
         self._worker_id = worker_id
         self._host_pid = host_pid
         self._main_ident = threading.get_ident()
-        self._inbox = _Inbox()
-        self._deliver: Callable[[protocol.Message], None] = self._inbox.put
+        self._inbox = _Inbox() if task_conn is None else None
+        self._tasks: _Inbox | _TaskPipe = self._inbox or _TaskPipe(task_conn)  # type: ignore[arg-type]
         self._send_lock = threading.Lock()
         # Guards what the reader thread and the main thread hand each other: which tasks run,
-        # stop requests for tasks not yet started, and where new messages go.
+        # stop requests for tasks not yet started, and which tasks were taken or given back.
         self._lock = threading.Lock()
         self._running: dict[str, TaskContext] = {}
         self._early_stops: dict[str, str] = {}
+        self._taken = 0  # the `RunTask.seq` of the last task the main thread took
+        self._revoked: set[int] = set()  # seqs given back before they were taken
         self._in_handler = False
         self._sending = 0
         self._deferred_stop = False
@@ -115,7 +129,9 @@ class _WorkerRuntime:
         self._send(protocol.Hello(self._worker_id, os.getpid(), protocol.PROTOCOL_VERSION))
         reader = threading.Thread(target=self._read_host_messages, name="orch-reader", daemon=True)
         reader.start()
-        while isinstance(msg := self._inbox.get(), protocol.RunTask):
+        while isinstance(msg := self._tasks.get(), protocol.RunTask):
+            if not self._claim(msg):
+                continue
             prepared = self._prepare(msg)
             report_start = msg.report_start
             del msg
@@ -154,21 +170,41 @@ class _WorkerRuntime:
         if isinstance(msg, protocol.StopTask):
             self._request_stop(msg.task_id, msg.reason)
         elif isinstance(msg, protocol.Revoke):
-            if self._inbox.take_back(msg.task_id):
-                self._send(protocol.Revoked(msg.task_id))
-            else:  # too late: the main thread took it, and may not have said so
-                self._send(protocol.TaskStarted(msg.task_id, self._loop is not None))
+            self._answer_revoke(msg)
         elif isinstance(msg, protocol.Reply):
             self._link.on_reply(msg)
         elif isinstance(msg, protocol.Measure):
             self._send(_usage())
         elif isinstance(msg, protocol.Deliver):
             self._on_deliver(msg)
-        else:
-            with self._lock:
-                self._deliver(msg)
+        elif self._inbox is not None:
+            self._inbox.put(msg)
             return not isinstance(msg, protocol.Shutdown)
+        else:
+            print(
+                f"orchestrator worker {os.getpid()}: {type(msg).__name__} on the wrong pipe", file=sys.stderr
+            )
+            _exit_orphaned()
         return True
+
+    def _claim(self, msg: protocol.RunTask) -> bool:
+        """Take a task to run; False when the host took it back before (a `Revoked` was sent)."""
+        with self._lock:
+            self._taken = msg.seq
+            if msg.seq not in self._revoked:
+                return True
+            self._revoked.discard(msg.seq)
+            return False
+
+    def _answer_revoke(self, msg: protocol.Revoke) -> None:
+        """Give a task back if the main thread has not taken it (it may still be in the pipe);
+        else say that it started: the host may not have heard so (`RunTask.report_start`)."""
+        with self._lock:
+            taken = msg.seq <= self._taken
+            if not taken:
+                self._revoked.add(msg.seq)
+            concurrent = self._loop is not None
+        self._send(protocol.TaskStarted(msg.task_id, concurrent) if taken else protocol.Revoked(msg.task_id))
 
     def _on_deliver(self, msg: protocol.Deliver) -> None:
         try:
@@ -314,15 +350,11 @@ class _WorkerRuntime:
         inbox: asyncio.Queue[protocol.Message] = asyncio.Queue()
         with self._lock:
             self._loop = loop
-
-            def deliver(msg: protocol.Message) -> None:
-                loop.call_soon_threadsafe(inbox.put_nowait, msg)
-
-            self._deliver = deliver
-            for pending in self._inbox.drain():
-                inbox.put_nowait(pending)
+        self._tasks.forward_to(lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg))
         self._start_async(ctx, handler)
         while isinstance(msg := await inbox.get(), protocol.RunTask):
+            if not self._claim(msg):
+                continue
             prepared = self._prepare(msg)
             if isinstance(prepared, protocol.TaskFailed):
                 self._send(prepared)
@@ -366,37 +398,65 @@ class _WorkerRuntime:
 
 
 class _Inbox:
-    """Messages for the main thread, in order; a task not yet taken can be taken back (revoked)."""
+    """Tasks the reader thread took off the one connection of a remote worker, in order."""
 
     def __init__(self) -> None:
         self._items: deque[protocol.Message] = deque()
         self._ready = threading.Condition(threading.Lock())
+        self._forward: Callable[[protocol.Message], object] | None = None
 
     def put(self, msg: protocol.Message) -> None:
         with self._ready:
+            if self._forward is not None:
+                self._forward(msg)
+                return
             self._items.append(msg)
             self._ready.notify()
 
     def get(self) -> protocol.Message:
+        """The next task (or Shutdown), once there is one."""
         with self._ready:
             while not self._items:
                 self._ready.wait()
             return self._items.popleft()
 
-    def take_back(self, task_id: str) -> bool:
-        """Remove the queued RunTask of ``task_id``; False if it is not queued (it started)."""
+    def forward_to(self, deliver: Callable[[protocol.Message], object]) -> None:
+        """From now on, hand every message to ``deliver`` (in order, those queued first)."""
         with self._ready:
             for msg in self._items:
-                if isinstance(msg, protocol.RunTask) and msg.task_id == task_id:
-                    self._items.remove(msg)
-                    return True
-        return False
-
-    def drain(self) -> list[protocol.Message]:
-        with self._ready:
-            items = list(self._items)
+                deliver(msg)
             self._items.clear()
-            return items
+            self._forward = deliver
+
+
+class _TaskPipe:
+    """The pipe a local worker's tasks come on, read by the thread that runs them."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._frames = protocol.FrameReader(conn.fileno())
+        self._items: deque[protocol.Message] = deque()
+
+    def get(self) -> protocol.Message:
+        """The next task (or Shutdown), once there is one; exits if the host is gone."""
+        while not self._items:
+            try:
+                self._items.extend(protocol.decode(frame) for frame in self._frames.read())
+            except (EOFError, OSError):
+                _exit_orphaned()
+            except protocol.ProtocolError as exc:
+                print(f"orchestrator worker {os.getpid()}: {exc}", file=sys.stderr)
+                _exit_orphaned()
+        return self._items.popleft()
+
+    def forward_to(self, deliver: Callable[[protocol.Message], object]) -> None:
+        """From now on, hand every message to ``deliver``, read on a thread of its own."""
+
+        def forward() -> None:
+            while not isinstance(msg := self.get(), protocol.Shutdown):
+                deliver(msg)
+            deliver(msg)
+
+        threading.Thread(target=forward, name="orch-tasks", daemon=True).start()
 
 
 def _classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
