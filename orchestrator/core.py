@@ -641,11 +641,15 @@ class ParallelOrchestrator:
         """
         record = self._record(task_id)
         if record.result is None:
-            final = threading.Event()
-            # No round trip to the supervisor: it sets ``result`` before it calls the waiters, so
-            # either it finds this one in the list or the second look below sees the result.
-            record.waiters.append(lambda result: final.set())
-            if record.result is None and not final.wait(timeout):
+            # A held lock that the supervisor releases: cheaper on both sides than an Event. No
+            # round trip to the supervisor either: it sets ``result`` before it calls the waiters,
+            # so either it finds this one in the list or the second look below sees the result.
+            final = threading.Lock()
+            final.acquire()
+            record.waiters.append(lambda result: final.release())
+            if record.result is None and not final.acquire(
+                timeout=-1 if timeout is None else max(0.0, timeout)
+            ):
                 raise TimeoutError(f"task {task_id} is not final after {timeout} s (status {record.status})")
         assert record.result is not None
         return record.result

@@ -81,11 +81,13 @@ class TaskGraph:
                 collection.members.append(record.task_id)
                 collection.open += 1
 
+    def involves(self, record: TaskRecord) -> bool:
+        """Whether the task has dependants, or belongs to a group or a plan."""
+        return record.task_id in self._dependants or record.spec.group is not None or record.plan is not None
+
     def release(self, record: TaskRecord) -> tuple[list[TaskRecord], list[Collection]]:
         """The task is final: its dependants (no longer waiting for it) and what it completed."""
         dependants = self._dependants.pop(record.task_id, [])
-        if not dependants and record.spec.group is None and record.plan is None:
-            return dependants, []
         for dependant in dependants:
             if dependant.waiting is not None:
                 dependant.waiting.discard(record.task_id)

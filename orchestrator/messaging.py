@@ -107,7 +107,8 @@ class Broker:
 
     def end_task(self, task_id: str) -> None:
         """Close every subscription of a task whose attempt ended."""
-        for subscription in self._of_task.pop(task_id, {}).values():
+        subscriptions = self._of_task.pop(task_id, None)
+        for subscription in subscriptions.values() if subscriptions else ():
             self._remove(subscription)
 
     def subscribe_host(self, topic: str, callback: Callable[[Message], object]) -> _HostSubscription:

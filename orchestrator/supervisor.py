@@ -246,6 +246,7 @@ class Supervisor:
         self._start_failures = 0
         self._closing = False
         self._resource_timer: Timer | None = None
+        self._resource_limited = config.max_memory_mb is not None or config.max_cpu_seconds is not None
         self._started = time.monotonic()
         self._commands: deque[Callable[[], None]] = deque()
         self._commands_lock = threading.Lock()
@@ -547,30 +548,28 @@ class Supervisor:
         """Where the task goes: a worker of its type that starts it at once (the most recently
         active), an untyped one, a new one, then the least loaded one of its type that can hold it
         queued (prefetch); else none, and an idle worker of another type is retired for room."""
+        # One pass over the pool, on every dispatch: it runs per task.
         pool = self._pool
-        found: list[WorkerHandle | None] = [None, None]  # of its type, untyped
+        typed = untyped = ahead = None
+        working = 0
         for w in self._workers.values():
-            kind = 0 if w.type == task_type else 1 if w.type is None else None
-            if kind is None:
-                continue
-            best = found[kind]
-            if (
-                (best is None or w.last_active > best.last_active)
-                and w.has_room()
-                and pool.may_run(w, task_type)
-            ):
-                found[kind] = w
-        if found[0] is not None or found[1] is not None:
-            return found[0] or found[1]
-        if sum(not w.lent_out for w in self._workers.values()) < self._config.max_workers:
+            working += not w.lent_out
+            if w.type == task_type:
+                if (typed is None or w.last_active > typed.last_active) and w.has_room():
+                    typed = w if pool.may_run(w, task_type) else typed
+                if (ahead is None or len(w.tasks) < len(ahead.tasks)) and w.can_prefetch():
+                    ahead = w
+            elif w.type is None and (untyped is None or w.last_active > untyped.last_active) and w.has_room():
+                untyped = w if pool.may_run(w, task_type) else untyped
+        if typed is not None or untyped is not None:
+            return typed or untyped
+        if working < self._config.max_workers:
             spawned = self._spawn_worker(task_type)
             if spawned is not None:
                 return spawned
-        ahead = [w for w in self._workers.values() if w.type == task_type and w.can_prefetch()]
-        if ahead:
-            return min(ahead, key=lambda w: len(w.tasks))
-        self._make_room()
-        return None
+        if ahead is None:
+            self._make_room()
+        return ahead
 
     def _revoke_prefetched(self) -> None:
         """An idle worker must not watch a task wait behind a long one elsewhere: ask for it back."""
@@ -1099,6 +1098,8 @@ class Supervisor:
 
     def _release_dependants(self, record: TaskRecord) -> None:
         """Ready or fail the tasks that waited for this one, iteratively (chains can be long)."""
+        if not self._releasing and not self._graph.involves(record):
+            return
         self._to_release.append(record)
         if self._releasing:
             return
@@ -1391,8 +1392,10 @@ class Supervisor:
     def _held_behind(self, worker: WorkerHandle) -> list[TaskRecord]:
         """The tasks a worker holds queued behind the one it runs: prefetched, not started. A
         task just sent to a worker that had none is not among them: it starts at once."""
-        behind = list(worker.tasks)[max(1, worker.slots) :]
-        records = (self._tasks.get(task_id) for task_id in behind)
+        running = max(1, worker.slots)
+        if len(worker.tasks) <= running:
+            return []
+        records = (self._tasks.get(task_id) for task_id in list(worker.tasks)[running:])
         return [r for r in records if r is not None and r.worker is worker and _prefetched(r)]
 
     def _open_records(self, worker: WorkerHandle) -> list[TaskRecord]:
@@ -1403,8 +1406,7 @@ class Supervisor:
     # ----------------------------------------------------------------- limits
 
     def _watch_resources(self) -> None:
-        limited = self._config.max_memory_mb is not None or self._config.max_cpu_seconds is not None
-        if limited and self._resource_timer is None:
+        if self._resource_limited and self._resource_timer is None:
             self._resource_timer = self._timers.schedule(
                 time.monotonic() + self._config.resource_check_interval, self._enforce_resource_limits
             )
@@ -1592,9 +1594,12 @@ class Supervisor:
     def _end_attempt(self, record: TaskRecord, failure: str | None) -> None:
         """An attempt is over: close its subscriptions and waits; on a failure, cancel its children."""
         self.broker.end_task(record.task_id)
-        for wait in self._child_waits.pop(record.task_id, []):
+        for wait in self._child_waits.pop(record.task_id, ()):
             wait.answered = True
-        children, record.children = record.children, []
+        children = record.children
+        if not children:
+            return
+        record.children = []
         if failure is None:
             return
         for child_id in children:
