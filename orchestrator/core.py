@@ -436,7 +436,7 @@ class ParallelOrchestrator:
     def _unadmit(self, records: list[TaskRecord]) -> None:
         for record in records:
             del self._tasks[record.task_id]
-        self._queue_slots.give(len(records))
+        self._queue_slots.untake(len(records))
 
     def _admit_child(self, fields: dict[str, Any], parent: TaskRecord, detached: bool) -> TaskRecord:
         """A task submitted by a running one, on the supervisor's thread (accepted by the caller)."""

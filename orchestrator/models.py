@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 _set_attribute = object.__setattr__
+# Field names by model class: pydantic's ``model_fields`` is a property that costs a microsecond.
+_field_names: dict[type[BaseModel], frozenset[str]] = {}
 
 
 def assemble(cls: type[ModelT], **values: Any) -> ModelT:
@@ -22,8 +24,11 @@ def assemble(cls: type[ModelT], **values: Any) -> ModelT:
     For the models the supervisor builds per task from values it made itself: nothing is
     validated and no default is filled in, so a missing field is an error here.
     """
-    if values.keys() != cls.model_fields.keys():
-        missing, unknown = cls.model_fields.keys() - values.keys(), values.keys() - cls.model_fields.keys()
+    names = _field_names.get(cls)
+    if names is None:
+        names = _field_names[cls] = frozenset(cls.model_fields)
+    if values.keys() != names:
+        missing, unknown = names - values.keys(), values.keys() - names
         raise TypeError(
             f"{cls.__name__} takes every field: missing {sorted(missing)}, unknown {sorted(unknown)}"
         )

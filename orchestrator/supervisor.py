@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+import itertools
 import logging
 import os
 import random
@@ -327,6 +328,12 @@ class Supervisor:
                 timeout = self._timers.time_to_next(time.monotonic())
                 if journal_due is not None:
                     timeout = journal_due if timeout is None else min(timeout, journal_due)
+                # Only from here on must a post wake this thread: one posted while it worked is
+                # seen just below, so a burst of submits costs a wake-up write per idle spell, not
+                # per loop (each write hands the GIL over).
+                self._wakeup_pending = False
+                if self._commands:
+                    timeout = 0
                 self._handle_ready(self._selector.select(timeout))
                 self._fire_due_timers()
                 if self._journal is not None:
@@ -372,12 +379,11 @@ class Supervisor:
         self._run_commands(woken)
 
     def _run_commands(self, woken: bool) -> None:
-        # One byte per wake-up at most waits in the pipe (`post` writes only while none is pending);
-        # a byte written after the select returned wakes the next select, which is harmless.
+        # Few bytes wait in the pipe (`post` writes only while no wake-up is pending); one written
+        # after the select returned wakes the next select, which is harmless.
         if woken:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wakeup_r, 4096)
-        self._wakeup_pending = False
         while self._commands:
             self._commands.popleft()()
 
@@ -982,9 +988,10 @@ class Supervisor:
         failure = None if status is TaskStatus.COMPLETED else (error.kind if error else status.value)
         self._end_attempt(record, failure)
         self._detach(record)
-        for name in record.blocks:
-            unlink_block(name)
-        record.blocks.clear()
+        if record.blocks:
+            for name in record.blocks:
+                unlink_block(name)
+            record.blocks.clear()
         finished = time.time()
         started = record.started_at
         result = assemble(
@@ -1012,13 +1019,15 @@ class Supervisor:
         self._log_final(record, result)
         if self._journal is not None:
             self._journal.finished(record.task_id, status.value, record.attempts, journal_result(result))
-        for notify in record.waiters:
-            notify(result)
-        record.waiters.clear()
-        for watcher in record.watchers:
-            watcher()
-        record.watchers.clear()
-        if status is TaskStatus.COMPLETED and record.spec.type in self._type_limits:
+        if record.waiters:
+            for notify in record.waiters:
+                notify(result)
+            record.waiters.clear()
+        if record.watchers:
+            for watcher in record.watchers:
+                watcher()
+            record.watchers.clear()
+        if self._type_limits and status is TaskStatus.COMPLETED and record.spec.type in self._type_limits:
             self._recover(record.spec.type)
         # Announced before its dependants hear of it, so that a cause's event comes before its effects'.
         self._announce_final(record, result)
@@ -1395,8 +1404,12 @@ class Supervisor:
         running = max(1, worker.slots)
         if len(worker.tasks) <= running:
             return []
-        records = (self._tasks.get(task_id) for task_id in list(worker.tasks)[running:])
-        return [r for r in records if r is not None and r.worker is worker and _prefetched(r)]
+        held = []
+        for task_id in itertools.islice(worker.tasks, running, None):
+            record = self._tasks.get(task_id)
+            if record is not None and record.worker is worker and _prefetched(record):
+                held.append(record)
+        return held
 
     def _open_records(self, worker: WorkerHandle) -> list[TaskRecord]:
         """The not yet final tasks that this worker still runs for us."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgpack
 
-from workers.shm import decode_extension, encode_extension
+from workers.shm import decode_extension, pack
 
 if TYPE_CHECKING:
     from workers.shm import BlockReader, BlockWriter
@@ -41,7 +41,7 @@ def pack_payload(value: Any, writer: BlockWriter | None = None, created: list[st
     try:
         if writer is not None:
             return writer.pack(value, created)
-        return msgpack.packb(value, use_bin_type=True, default=encode_extension)  # type: ignore[no-any-return]
+        return pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(
             f"not msgpack-serialisable: {exc}; use dicts with str keys, lists, str, bytes, "

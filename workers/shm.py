@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import os
 import sys
+import threading
 from multiprocessing import shared_memory
 from typing import Any, Final
 
@@ -55,16 +56,22 @@ class BlockWriter:
     def pack(self, value: Any, created: list[str] | None = None) -> bytes:
         """msgpack of ``value``; names of the blocks made are appended to ``created``."""
         names: list[str] = created if created is not None else []
-        moved = self._move_large(value, names)
-        return msgpack.packb(moved, use_bin_type=True, default=encode_extension)  # type: ignore[no-any-return]
+        return pack(self._move_large(value, names))
 
     def _move_large(self, value: Any, names: list[str]) -> Any:
+        """``value`` with its large buffers replaced by block references (itself when none are)."""
         if type(value) in _SCALARS:
             return value
         if isinstance(value, dict):
-            return {key: self._move_large(item, names) for key, item in value.items()}
+            moved = {
+                key: self._move_large(item, names)
+                for key, item in value.items()
+                if type(item) not in _SCALARS
+            }
+            return {**value, **moved} if any(moved[key] is not value[key] for key in moved) else value
         if isinstance(value, _SEQUENCES):
-            return [self._move_large(item, names) for item in value]
+            items = [self._move_large(item, names) for item in value]
+            return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
         if isinstance(value, _BUFFERS) and memoryview(value).nbytes >= self._threshold:
             return self._block(BYTES_BLOCK, memoryview(value).cast("B"), [], names)
         numpy = sys.modules.get("numpy")
@@ -144,6 +151,19 @@ class BlockReader:
 
 # Blocks a handler kept a view of past its end: closing them would fail, and so would __del__.
 _still_mapped: list[shared_memory.SharedMemory] = []
+
+
+_packers = threading.local()
+
+
+def pack(value: Any) -> bytes:
+    """msgpack of ``value``, NumPy arrays inline, with this thread's packer (making one per call
+    costs more than packing a small config; a packer is not shared between threads, since its
+    ``default`` runs Python code in mid-pack)."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True, autoreset=True, default=encode_extension)
+    return packer.pack(value)  # type: ignore[no-any-return]
 
 
 def encode_extension(value: Any) -> msgpack.ExtType:

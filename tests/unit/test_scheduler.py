@@ -1,10 +1,10 @@
-"""The ready queue and the timer heap, without processes or clocks."""
+"""The ready queue, the queue slots and the timer heap, without processes or clocks."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator.scheduler import ReadyQueue, Timers
+from orchestrator.scheduler import QueueSlots, ReadyQueue, Timers
 
 
 def fill(queue: ReadyQueue, entries: list[tuple[str, int, str]]) -> None:
@@ -84,3 +84,16 @@ def test_timers_fire_in_deadline_order_and_cancelled_ones_never() -> None:
         timer.action(*timer.args)
     assert fired == ["first", "third"]
     assert timers.time_to_next(10.0) is None
+
+
+def test_queue_slots_take_all_or_none_and_come_back() -> None:
+    slots = QueueSlots(3)
+    assert slots.take(2)
+    assert not slots.take(2), "two more would not fit: none are taken"
+    assert slots.take(1)
+    assert not slots.take(1)
+    slots.give()  # a queued task started
+    assert slots.take(1)
+    slots.untake(1)  # a submit that took a slot failed after all
+    assert slots.take(1)
+    assert not slots.take(1)
