@@ -33,14 +33,20 @@ class PayloadError(ValueError):
     """User data that msgpack cannot carry (a set, an object, an integer beyond 64 bits...)."""
 
 
-def pack_payload(value: Any, writer: BlockWriter | None = None, created: list[str] | None = None) -> bytes:
+def pack_payload(
+    value: Any,
+    writer: BlockWriter | None = None,
+    created: list[str] | None = None,
+    lent: dict[int, msgpack.ExtType] | None = None,
+) -> bytes:
     """Pack user data; raise `PayloadError` naming the offending type when msgpack cannot.
 
-    With a ``writer``, large buffers go to shared-memory blocks (their names land in ``created``).
+    With a ``writer``, large buffers go to shared-memory blocks (their names land in ``created``),
+    except those in ``lent``: buffers the receiver's own blocks back, named back to it.
     """
     try:
         if writer is not None:
-            return writer.pack(value, created)
+            return writer.pack(value, created, lent)
         return pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(

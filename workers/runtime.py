@@ -270,8 +270,11 @@ class _WorkerRuntime:
         return protocol.pack_payload(value, self._blocks)
 
     def _result_message(self, ctx: TaskContext, result: Any) -> protocol.Message:
+        mapped = self._mapped.get(ctx.task_id)
         try:
-            return protocol.TaskDone(ctx.task_id, self._pack(result))
+            # A buffer the task was given goes back as a reference to the host's own block.
+            packed = protocol.pack_payload(result, self._blocks, lent=mapped.lent if mapped else None)
+            return protocol.TaskDone(ctx.task_id, packed)
         except protocol.PayloadError as exc:
             return _failure(ctx.task_id, "serialization", exc, prefix="the handler's result is ")
 

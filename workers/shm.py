@@ -28,7 +28,11 @@ import msgpack
 BYTES_BLOCK: Final = 1
 ARRAY_BLOCK: Final = 2
 INLINE_ARRAY: Final = 3  # a NumPy array small enough to travel on the pipe
+# A block the receiver made, named back to it (a handler returned a buffer it was given): the
+# receiver copies it out as usual but leaves unlinking to its owner (the task's end).
+LENT_BLOCK: Final = 4
 NAME_PREFIX: Final = "orch"
+SHM_DIRECTORY: Final = "/dev/shm"  # where Linux keeps the blocks, as files
 
 
 def block_prefix(namespace: str, worker_id: int | None = None) -> str:
@@ -53,25 +57,30 @@ class BlockWriter:
         self._threshold = threshold
         self._numbers = itertools.count()
 
-    def pack(self, value: Any, created: list[str] | None = None) -> bytes:
-        """msgpack of ``value``; names of the blocks made are appended to ``created``."""
+    def pack(
+        self, value: Any, created: list[str] | None = None, lent: dict[int, msgpack.ExtType] | None = None
+    ) -> bytes:
+        """msgpack of ``value``; names of the blocks made are appended to ``created``. A buffer
+        found in ``lent`` (`BlockReader.lent`) is named back to its block, not copied."""
         names: list[str] = created if created is not None else []
-        return pack(self._move_large(value, names))
+        return pack(self._move_large(value, names, lent or {}))
 
-    def _move_large(self, value: Any, names: list[str]) -> Any:
+    def _move_large(self, value: Any, names: list[str], lent: dict[int, msgpack.ExtType]) -> Any:
         """``value`` with its large buffers replaced by block references (itself when none are)."""
         if type(value) in _SCALARS:
             return value
         if isinstance(value, dict):
             moved = {
-                key: self._move_large(item, names)
+                key: self._move_large(item, names, lent)
                 for key, item in value.items()
                 if type(item) not in _SCALARS
             }
             return {**value, **moved} if any(moved[key] is not value[key] for key in moved) else value
         if isinstance(value, _SEQUENCES):
-            items = [self._move_large(item, names) for item in value]
+            items = [self._move_large(item, names, lent) for item in value]
             return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
+        if id(value) in lent:
+            return lent[id(value)]
         if isinstance(value, _BUFFERS) and memoryview(value).nbytes >= self._threshold:
             return self._block(BYTES_BLOCK, memoryview(value).cast("B"), [], names)
         numpy = sys.modules.get("numpy")
@@ -86,12 +95,63 @@ class BlockWriter:
         name = f"{self._prefix}{next(self._numbers)}"
         block = shared_memory.SharedMemory(name=name, create=True, size=max(1, data.nbytes))
         try:
-            assert block.buf is not None
-            block.buf[: data.nbytes] = data
+            _fill(block, data)
         finally:
             block.close()
         names.append(name)
         return msgpack.ExtType(code, msgpack.packb([name, data.nbytes, *extra]))
+
+
+def _fill(block: shared_memory.SharedMemory, data: memoryview) -> None:
+    """Copy ``data`` into a new block: through its file where there is one (Linux), so that the
+    kernel allocates the pages in one pass; a first write through the mapping takes a page fault
+    per 4 KiB page, three times slower here (64 MiB: 100 ms against 30)."""
+    try:
+        fd = os.open(os.path.join(SHM_DIRECTORY, block.name), os.O_WRONLY)
+    except OSError:
+        assert block.buf is not None
+        block.buf[: data.nbytes] = data
+        return
+    try:
+        written = 0
+        while written < data.nbytes:
+            written += os.pwrite(fd, data[written:], written)
+    finally:
+        os.close(fd)
+
+
+def _copy_out(name: str, size: int, code: int, extra: list[Any]) -> Any:
+    """A block's content copied into this process through its file (Linux), without mapping
+    it: no page fault per page of the block. None where blocks have no file (then map it)."""
+    try:
+        fd = os.open(os.path.join(SHM_DIRECTORY, name), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if code == ARRAY_BLOCK:
+            import numpy
+
+            dtype, shape = extra
+            array = numpy.empty(shape, dtype=numpy.dtype(dtype))
+            target = array.data.cast("B")
+            done = 0
+            while done < size:
+                done += _check_read(os.preadv(fd, [target[done:size]], done))
+            return array
+        parts = []
+        done = 0
+        while done < size:  # one read unless the block is beyond 2 GiB, a single read's limit
+            parts.append(os.pread(fd, size - done, done))
+            done += _check_read(len(parts[-1]))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def _check_read(count: int) -> int:
+    if count == 0:
+        raise ValueError("a shared-memory block is shorter than its reference says")
+    return count
 
 
 class BlockReader:
@@ -107,6 +167,10 @@ class BlockReader:
         self._unlink = unlink
         self._open: list[shared_memory.SharedMemory] = []
         self._views: list[memoryview] = []
+        # What a worker handed out (by id; `_kept` keeps each alive, so no id is reused), and the
+        # reference that names each one's block back to the host.
+        self.lent: dict[int, msgpack.ExtType] = {}
+        self._kept: list[Any] = []
 
     def unpack(self, data: bytes) -> Any:
         """The value packed in ``data``, its blocks mapped (worker) or copied out (host)."""
@@ -128,11 +192,23 @@ class BlockReader:
                 _still_mapped.append(block)
         self._open.clear()
         self._views.clear()
+        self.lent.clear()
+        self._kept.clear()
 
     def _ext(self, code: int, payload: bytes) -> Any:
-        if code not in (BYTES_BLOCK, ARRAY_BLOCK):
+        if code not in (BYTES_BLOCK, ARRAY_BLOCK, LENT_BLOCK):
             return decode_extension(code, payload)
-        name, size, *extra = msgpack.unpackb(payload, raw=False)
+        fields = msgpack.unpackb(payload, raw=False)
+        unlink = self._unlink
+        if code == LENT_BLOCK:
+            (code, *fields), unlink = fields, False
+        name, size, *extra = fields
+        if self._copy:
+            copied = _copy_out(name, size, code, extra)
+            if copied is not None:
+                if unlink:
+                    unlink_block(name)
+                return copied
         block = shared_memory.SharedMemory(name=name)
         assert block.buf is not None
         view = block.buf[:size]
@@ -140,13 +216,16 @@ class BlockReader:
             value: Any = _as_array(view, extra, copy=True) if code == ARRAY_BLOCK else bytes(view)
             view.release()
             block.close()
-            if self._unlink:
+            if unlink:
                 unlink_block(name)
             return value
         self._open.append(block)
         readonly = view.toreadonly()
         self._views += [readonly, view]
-        return _as_array(readonly, extra, copy=False) if code == ARRAY_BLOCK else readonly
+        handed = _as_array(readonly, extra, copy=False) if code == ARRAY_BLOCK else readonly
+        self._kept.append(handed)
+        self.lent[id(handed)] = msgpack.ExtType(LENT_BLOCK, msgpack.packb([code, name, size, *extra]))
+        return handed
 
 
 # Blocks a handler kept a view of past its end: closing them would fail, and so would __del__.
@@ -203,7 +282,7 @@ def unlink_block(name: str) -> None:
     block.unlink()
 
 
-def unlink_by_prefix(prefix: str, directory: str = "/dev/shm") -> int:
+def unlink_by_prefix(prefix: str, directory: str = SHM_DIRECTORY) -> int:
     """Unlink every block whose name starts with ``prefix`` (a crashed worker's leftovers)."""
     removed = 0
     with contextlib.suppress(FileNotFoundError):

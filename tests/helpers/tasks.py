@@ -41,6 +41,7 @@ HANDLERS = {
         "throttled",
         "payload",
         "array_payload",
+        "give_back",
         "leak_and_crash",
         "logged",
         "ticker",
@@ -243,6 +244,11 @@ def array_payload(ctx: TaskContext) -> Any:
 
     array = ctx.config["array"]
     return {"arrived_as": type(array).__name__, "doubled": numpy.asarray(array) * 2}
+
+
+def give_back(ctx: TaskContext) -> Any:
+    """Return the config's values as they arrived (block-backed views stay views)."""
+    return {key: ctx.config[key] for key in ctx.config}
 
 
 def leak_and_crash(ctx: TaskContext) -> Any:

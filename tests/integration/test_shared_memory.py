@@ -6,7 +6,9 @@ import os
 
 import pytest
 
+from orchestrator.pool import _helper_lease
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder
+from workers.shm import BlockReader, BlockWriter, unlink_block
 
 MIB = 2**20
 
@@ -92,3 +94,41 @@ def test_a_crashed_workers_blocks_are_unlinked(make_orch, recorder: Recorder) ->
     assert result.error.kind == "worker_crashed"
     recorder.wait_for(lambda events: len(events) == 3)
     assert not os.path.exists(f"/dev/shm/{name}"), "the dead worker's block was unlinked"
+
+
+def test_a_buffer_given_back_arrives_as_a_copy_of_the_hosts_block(make_orch) -> None:
+    numpy = pytest.importorskip("numpy")
+    orch = make_orch()
+    blob = bytes(range(256)) * 4096
+    array = numpy.arange(200_000, dtype=numpy.int64)
+    result = orch.wait(
+        orch.submit_task({"type": "give_back", "config": {"blob": blob, "array": array}}), DEADLOCK_TIMEOUT
+    )
+    assert result.success, result.error
+    assert type(result.data["blob"]) is bytes
+    assert result.data["blob"] == blob
+    assert numpy.array_equal(result.data["array"], array)
+    assert result.data["array"].flags.writeable, "the host's copy is its own"
+    assert our_blocks() == [], "the config's blocks are unlinked once the task is over"
+
+
+def test_a_buffer_a_worker_was_lent_goes_back_by_name_and_is_not_unlinked_by_the_copy() -> None:
+    _helper_lease.acquire()  # the resource tracker the blocks start is stopped again at release
+    host_blocks: list[str] = []
+    try:
+        config = BlockWriter(f"orch_t{os.getpid()}_h_", 1024).pack({"blob": b"\x05" * 4096}, host_blocks)
+        worker_view = BlockReader(copy=False)
+        blob = worker_view.unpack(config)["blob"]
+        made: list[str] = []
+        result = BlockWriter(f"orch_t{os.getpid()}_w_", 1024).pack(
+            [blob, bytes(blob)], made, worker_view.lent
+        )
+        worker_view.close()
+        assert len(made) == 1, "only the copy the handler made needs a block of its own"
+        assert BlockReader(copy=True).unpack(result) == [b"\x05" * 4096, b"\x05" * 4096]
+        assert os.path.exists(f"/dev/shm/{host_blocks[0]}"), "its owner unlinks a lent block, not the copy"
+        assert not os.path.exists(f"/dev/shm/{made[0]}"), "a block made for the result goes once copied"
+    finally:
+        for name in host_blocks:
+            unlink_block(name)
+        _helper_lease.release()
