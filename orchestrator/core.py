@@ -403,7 +403,7 @@ class ParallelOrchestrator:
         self._issued = max(self._issued, seq)
         blocks: list[str] = []
         packed = protocol.pack_payload(spec.config, self._blocks, blocks)
-        record = TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, packed, blocks)
+        record = TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, packed, blocks or None)
         record.due = time.monotonic()
         return record
 
@@ -572,7 +572,7 @@ class ParallelOrchestrator:
         handler = self._handlers.get(spec.type, "")
         blocks: list[str] = []
         packed = protocol.pack_payload(spec.config, self._blocks, blocks)
-        record = TaskRecord(row.task_id, row.seq, spec, handler, packed, blocks)
+        record = TaskRecord(row.task_id, row.seq, spec, handler, packed, blocks or None)
         record.attempts, record.plan, record.plan_refs = row.attempts, row.plan, row.plan_refs
         record.holds_slot = False  # recovered tasks are admitted whatever task_queue_size is
         record.recovered = True

@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,7 +112,9 @@ class TaskRecord:
     spec: TaskSpec
     handler: str
     packed_config: bytes
-    blocks: list[str] = field(default_factory=list)
+    # Lists that most tasks never fill are None until they do: each empty list is one more object
+    # for the cyclic GC to walk, per queued task (the GC cost of a deep queue).
+    blocks: list[str] | None = None
     on_progress: Callable[[Progress], object] | None = None
     on_complete: Callable[[TaskResult], object] | None = None
     on_error: Callable[[TaskResult], object] | None = None
@@ -126,11 +128,11 @@ class TaskRecord:
     progress: Progress | None = None
     partial_count: int = 0
     partials: deque[tuple[int, Any]] | None = None
-    watchers: list[Callable[[], None]] = field(default_factory=list)
+    watchers: list[Callable[[], None]] | None = None
     cpu_at_start: float | None = None
     holds_slot: bool = True
     in_ready: bool = False
-    dep_ids: list[str] = field(default_factory=list)
+    dep_ids: Sequence[str] = ()
     # The dependencies it still waits for; None for none (most tasks: an empty set costs 216 bytes).
     waiting: set[str] | None = None
     plan: str | None = None
@@ -144,7 +146,7 @@ class TaskRecord:
     run_at: float | None = None
     parent: str | None = None
     detached: bool = False
-    children: list[str] = field(default_factory=list)
+    children: list[str] | None = None
     # Blocked in ctx.wait or receive, its slot lent to other work.
     released: bool = False
     needed_by: int = 0
@@ -521,7 +523,7 @@ class Supervisor:
                     results[dep_id] = outcome.data
                 else:
                     errors[dep_id] = outcome.error.model_dump() if outcome.error else {}
-            deps = protocol.pack_payload([results, errors], self._blocks, record.blocks)
+            deps = protocol.pack_payload([results, errors], self._blocks, self._blocks_of(record))
             if record.plan_refs:
                 try:
                     config = self._substituted_config(record, results, errors)
@@ -548,7 +550,16 @@ class Supervisor:
             task_id = refs[plan_id]
             return results[task_id] if task_id in results else errors.get(task_id)
 
-        return protocol.pack_payload(substitute(record.spec.config, lookup), self._blocks, record.blocks)
+        return protocol.pack_payload(
+            substitute(record.spec.config, lookup), self._blocks, self._blocks_of(record)
+        )
+
+    @staticmethod
+    def _blocks_of(record: TaskRecord) -> list[str]:
+        """The list the names of the task's blocks go to (made on first use)."""
+        if record.blocks is None:
+            record.blocks = []
+        return record.blocks
 
     def _worker_for(self, task_type: str) -> WorkerHandle | None:
         """Where the task goes: a worker of its type that starts it at once (the most recently
@@ -824,7 +835,7 @@ class Supervisor:
             record.partials = deque(maxlen=MAX_PARTIALS_KEPT)
         record.partials.append((index, data))
         record.partial_count += 1
-        for watcher in record.watchers:
+        for watcher in record.watchers or ():
             watcher()
         listeners = self._bus.listeners("task_partial")
         if listeners:
@@ -1221,13 +1232,15 @@ class Supervisor:
     def watch(self, record: TaskRecord, watcher: Callable[[], None]) -> None:
         """Call ``watcher()`` (on this thread: it must not block) on each partial and at the end."""
         if record.result is None:
+            if record.watchers is None:
+                record.watchers = []
             record.watchers.append(watcher)
         else:
             watcher()
 
     def unwatch(self, record: TaskRecord, watcher: Callable[[], None]) -> None:
         """Stop calling ``watcher``."""
-        if watcher in record.watchers:
+        if record.watchers and watcher in record.watchers:
             record.watchers.remove(watcher)
 
     def cancel(self, record: TaskRecord, message: str = "cancelled") -> bool:
@@ -1538,6 +1551,8 @@ class Supervisor:
             self._reply(worker, call_id, error=exc)
             return
         if not detached:
+            if parent.children is None:
+                parent.children = []
             parent.children.append(child.task_id)
         self._accept_one(child)
         self._reply(worker, call_id, child.task_id)
@@ -1612,7 +1627,7 @@ class Supervisor:
         children = record.children
         if not children:
             return
-        record.children = []
+        record.children = None
         if failure is None:
             return
         for child_id in children:

@@ -60,11 +60,40 @@ _KEYS: Final = (str, int)
 _SEQUENCES: Final = (list, tuple)
 
 
+# Exact types that always travel: the common leaves, checked without a call.
+_LEAVES: Final = frozenset({str, bytes, bytearray, memoryview, float, bool, type(None)})
+
+
 def check_payload(value: Any, where: str = "config") -> None:
     """Raise `PayloadError` naming the first thing in ``value`` that cannot travel.
 
     A walk over the structure, never over the bytes: a 64 MiB buffer costs no more than a small one.
+    Plain data passes a quick walk; anything else gets the walk that keeps the path for the message.
     """
+    if not _plainly_fits(value):
+        _check_closely(value, where)
+
+
+def _plainly_fits(value: Any) -> bool:
+    """True for plain data that can travel (exact built-in types only); False means look closer."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return True
+    if kind is int:
+        return -(2**63) <= value < 2**64  # type: ignore[no-any-return]
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str and type(key) is not int:
+                return False
+            if type(item) not in _LEAVES and not _plainly_fits(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(type(item) in _LEAVES or _plainly_fits(item) for item in value)
+    return False
+
+
+def _check_closely(value: Any, where: str) -> None:
     if isinstance(value, _SCALARS):
         return
     if isinstance(value, int):
@@ -77,11 +106,11 @@ def check_payload(value: Any, where: str = "config") -> None:
                 raise PayloadError(
                     f"not msgpack-serialisable: {where} has a key of type {type(key).__name__}"
                 )
-            check_payload(item, f"{where}[{key!r}]")
+            _check_closely(item, f"{where}[{key!r}]")
         return
     if isinstance(value, _SEQUENCES):
         for index, item in enumerate(value):
-            check_payload(item, f"{where}[{index}]")
+            _check_closely(item, f"{where}[{index}]")
         return
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
