@@ -101,8 +101,13 @@ class _WorkerRuntime:
         self._worker_id = worker_id
         self._host_pid = host_pid
         self._main_ident = threading.get_ident()
-        self._inbox = _Inbox() if task_conn is None else None
-        self._tasks: _Inbox | _TaskPipe = self._inbox or _TaskPipe(task_conn)  # type: ignore[arg-type]
+        # Where the main thread takes its tasks from; the reader thread fills an inbox, if any.
+        self._inbox: _Inbox | None = None
+        self._tasks: _Inbox | _TaskPipe
+        if task_conn is None:
+            self._tasks = self._inbox = _Inbox()
+        else:
+            self._tasks = _TaskPipe(task_conn)
         self._send_lock = threading.Lock()
         # Guards what the reader thread and the main thread hand each other: which tasks run,
         # stop requests for tasks not yet started, and which tasks were taken or given back.
@@ -151,17 +156,14 @@ class _WorkerRuntime:
         frames = protocol.FrameReader(self._conn.fileno())
         while True:
             try:
-                if not poller.poll(HOST_CHECK_INTERVAL * 1000):
-                    if not _process_alive(self._host_pid):
-                        _exit_orphaned()
-                    continue
-                messages = [protocol.decode(frame) for frame in frames.read()]
-            except (EOFError, OSError):
+                ready = poller.poll(HOST_CHECK_INTERVAL * 1000)
+            except OSError:
                 _exit_orphaned()
-            except protocol.ProtocolError as exc:
-                print(f"orchestrator worker {os.getpid()}: {exc}", file=sys.stderr)
-                _exit_orphaned()
-            for msg in messages:
+            if not ready:
+                if not _process_alive(self._host_pid):
+                    _exit_orphaned()
+                continue
+            for msg in _read_messages(frames):
                 if not self._handle_host_message(msg):
                     return
 
@@ -442,13 +444,7 @@ class _TaskPipe:
     def get(self) -> protocol.Message:
         """The next task (or Shutdown), once there is one; exits if the host is gone."""
         while not self._items:
-            try:
-                self._items.extend(protocol.decode(frame) for frame in self._frames.read())
-            except (EOFError, OSError):
-                _exit_orphaned()
-            except protocol.ProtocolError as exc:
-                print(f"orchestrator worker {os.getpid()}: {exc}", file=sys.stderr)
-                _exit_orphaned()
+            self._items.extend(_read_messages(self._frames))
         return self._items.popleft()
 
     def forward_to(self, deliver: Callable[[protocol.Message], object]) -> None:
@@ -460,6 +456,18 @@ class _TaskPipe:
             deliver(msg)
 
         threading.Thread(target=forward, name="orch-tasks", daemon=True).start()
+
+
+def _read_messages(frames: protocol.FrameReader) -> list[protocol.Message]:
+    """The messages now whole on a pipe from the host (one read, blocking while nothing came;
+    maybe none yet); the worker exits when the host is gone (EOF) or the pipe carries garbage."""
+    try:
+        return [protocol.decode(frame) for frame in frames.read()]
+    except (EOFError, OSError):
+        _exit_orphaned()
+    except protocol.ProtocolError as exc:
+        print(f"orchestrator worker {os.getpid()}: {exc}", file=sys.stderr)
+        _exit_orphaned()
 
 
 def _classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
