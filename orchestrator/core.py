@@ -158,7 +158,7 @@ class ParallelOrchestrator:
             if recovered or final:
                 supervisor = self._supervisor
                 supervisor.post(lambda: supervisor.adopt_final(final))
-                supervisor.post(lambda: supervisor.accept(recovered))
+                supervisor.accept(recovered)
             self._state = "running"
             _live.add(self)
         logger.info("orchestrator %r started (max_workers=%d)", self.config.name, self.config.max_workers)
@@ -412,7 +412,7 @@ class ParallelOrchestrator:
         supervisor = self._running_supervisor()
         self._admit(records)
         try:
-            supervisor.post(lambda: supervisor.accept(records))
+            supervisor.accept(records)
         except OrchestratorClosedError:
             self._unadmit(records)
             raise
