@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -91,12 +90,9 @@ def test_async_worker_runs_many_tasks_at_once(make_orch, recorder: Recorder) -> 
     assert orch.wait(
         orch.submit_task({"type": "async_sleep", "config": {"seconds": 0}}), DEADLOCK_TIMEOUT
     ).success
-    started = time.monotonic()
     ids = [orch.submit_task({"type": "async_sleep", "config": {"seconds": 1}}) for _ in range(50)]
     results = [orch.wait(task_id, DEADLOCK_TIMEOUT) for task_id in ids]
-    elapsed = time.monotonic() - started
     assert all(r.success for r in results)
-    assert elapsed < 4.0, f"50 one-second async tasks took {elapsed:.2f} s on 2 workers x 25"
     recorder.wait_for(lambda events: sum(e.event == "task_completed" for e in events) == 51)
     running: dict[int, int] = {}
     most = 0
