@@ -121,12 +121,20 @@ def _fill(block: shared_memory.SharedMemory, data: memoryview) -> None:
 
 
 def _copy_out(name: str, size: int, code: int, extra: list[Any]) -> Any:
-    """A block's content copied into this process through its file (Linux), without mapping
-    it: no page fault per page of the block. None where blocks have no file (then map it)."""
+    """A block's content copied into this process (``bytes`` or an array): through its file where
+    there is one (Linux), without mapping it, so no page fault per page of the block."""
     try:
         fd = os.open(os.path.join(SHM_DIRECTORY, name), os.O_RDONLY)
     except OSError:
-        return None
+        block = shared_memory.SharedMemory(name=name)
+        try:
+            assert block.buf is not None
+            view = block.buf[:size]
+            value = _as_array(view, extra, copy=True) if code == ARRAY_BLOCK else bytes(view)
+            view.release()
+        finally:
+            block.close()
+        return value
     try:
         if code == ARRAY_BLOCK:
             import numpy
@@ -204,21 +212,13 @@ class BlockReader:
             (code, *fields), unlink = fields, False
         name, size, *extra = fields
         if self._copy:
-            copied = _copy_out(name, size, code, extra)
-            if copied is not None:
-                if unlink:
-                    unlink_block(name)
-                return copied
-        block = shared_memory.SharedMemory(name=name)
-        assert block.buf is not None
-        view = block.buf[:size]
-        if self._copy:
-            value: Any = _as_array(view, extra, copy=True) if code == ARRAY_BLOCK else bytes(view)
-            view.release()
-            block.close()
+            value = _copy_out(name, size, code, extra)
             if unlink:
                 unlink_block(name)
             return value
+        block = shared_memory.SharedMemory(name=name)
+        assert block.buf is not None
+        view = block.buf[:size]
         self._open.append(block)
         readonly = view.toreadonly()
         self._views += [readonly, view]

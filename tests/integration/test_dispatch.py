@@ -19,6 +19,9 @@ def test_tasks_run_by_priority_then_fifo(make_orch, release: Release, recorder: 
     ids = {
         orch.submit_task({"type": "blocker", "priority": p, "config": release.config}): p for p in priorities
     }
+    # A round trip: every submit is accepted, and a lower task prefetched before the higher ones
+    # came has been asked back while the worker still runs the blocker.
+    orch.get_status()
     release.open()
     for task_id in ids:
         assert orch.wait(task_id, DEADLOCK_TIMEOUT).success

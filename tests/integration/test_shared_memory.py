@@ -132,3 +132,21 @@ def test_a_buffer_a_worker_was_lent_goes_back_by_name_and_is_not_unlinked_by_the
         for name in host_blocks:
             unlink_block(name)
         _helper_lease.release()
+
+
+def test_blocks_work_through_their_mappings_where_they_have_no_file(monkeypatch) -> None:
+    from workers import shm
+
+    monkeypatch.setattr(shm, "SHM_DIRECTORY", "/nonexistent")  # as on a system without /dev/shm
+    _helper_lease.acquire()
+    made: list[str] = []
+    try:
+        blob = bytes(range(256)) * 64
+        packed = BlockWriter(f"orch_t{os.getpid()}_m_", 1024).pack({"blob": blob}, made)
+        assert len(made) == 1
+        assert BlockReader(copy=True).unpack(packed) == {"blob": blob}
+        assert not os.path.exists(f"/dev/shm/{made[0]}"), "copied out, then unlinked"
+    finally:
+        for name in made:
+            unlink_block(name)
+        _helper_lease.release()
