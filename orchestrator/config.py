@@ -29,16 +29,31 @@ class OrchestratorConfig(BaseModel):
     enable_auto_scaling: bool = Field(
         True, description="spawn on demand and retire idle workers; False: a fixed pool"
     )
-    idle_timeout: float = Field(300.0, gt=0, description="seconds before an idle worker exits")
-    task_queue_size: int = Field(100, ge=1, strict=True, description="most tasks waiting to run")
-    default_task_timeout: float | None = Field(None, gt=0, description="timeout of tasks with none")
-    timeout_grace: float = Field(
-        2.0, gt=0, description="seconds a stopped handler gets before its worker is killed"
+    idle_timeout: float = Field(
+        300.0, gt=0, strict=True, description="seconds before an idle worker exits (inf: never)"
     )
-    max_memory_mb: float | None = Field(None, gt=0, description="RSS limit of one worker")
-    max_cpu_seconds: float | None = Field(None, gt=0, description="CPU-time limit of one task")
+    task_queue_size: int = Field(100, ge=1, strict=True, description="most tasks waiting to run")
+    default_task_timeout: float | None = Field(
+        None, gt=0, strict=True, description="timeout of tasks with none (None or inf: none)"
+    )
+    timeout_grace: float = Field(
+        2.0,
+        gt=0,
+        strict=True,
+        description="seconds a stopped handler gets before its worker is killed (inf: never killed)",
+    )
+    max_memory_mb: float | None = Field(
+        None, gt=0, strict=True, allow_inf_nan=False, description="RSS limit of one worker"
+    )
+    max_cpu_seconds: float | None = Field(
+        None, gt=0, strict=True, description="CPU-time limit of one task (None or inf: none)"
+    )
     resource_check_interval: float = Field(
-        0.5, gt=0, description="seconds between checks of busy workers' memory and CPU time"
+        0.5,
+        gt=0,
+        strict=True,
+        allow_inf_nan=False,
+        description="seconds between checks of busy workers' memory and CPU time",
     )
     max_tasks_per_worker: int | None = Field(
         None, ge=1, strict=True, description="recycle a worker after this many tasks"
@@ -74,13 +89,19 @@ class OrchestratorConfig(BaseModel):
         10_000, ge=1, strict=True, description="newest final results kept in memory"
     )
     result_ttl: float | None = Field(
-        None, gt=0, description="seconds after which a final result is dropped (memory and journal)"
+        None,
+        gt=0,
+        strict=True,
+        description="seconds after which a final result is dropped, memory and journal (None or inf: never)",
     )
     max_pending_messages: int = Field(
         1000, ge=1, strict=True, description="messages a subscription buffers (then the oldest are dropped)"
     )
     max_waiting_tasks: int | None = Field(
-        None, ge=0, description="tasks blocked in a wait that lend out their slot (None: max_workers; 0: off)"
+        None,
+        ge=0,
+        strict=True,
+        description="tasks blocked in a wait that lend out their slot (None: max_workers; 0: off)",
     )
     backend: Literal["local", "dask"] = Field(
         "local", description="where workers run: local processes, or processes on a Dask cluster"
@@ -88,7 +109,9 @@ class OrchestratorConfig(BaseModel):
     dask_address: str | None = Field(
         None, description="a Dask scheduler (tcp://host:8786); None starts a local cluster"
     )
-    dask_connect_timeout: float = Field(10.0, gt=0, description="seconds to reach the Dask cluster")
+    dask_connect_timeout: float = Field(
+        10.0, gt=0, strict=True, allow_inf_nan=False, description="seconds to reach the Dask cluster"
+    )
     dask_dashboard: bool = Field(False, description="serve the local cluster's dashboard (127.0.0.1)")
     name: str = "default"
 
@@ -146,15 +169,27 @@ class TaskSpec(BaseModel):
     description: str = ""
     priority: int = Field(5, ge=0, le=10, strict=True)
     config: dict[str, Any] = Field(default_factory=dict)
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, strict=True)
     retries: int = Field(0, ge=0, strict=True)
     retry_on_exception: bool = False
-    retry_backoff: float = Field(1.0, ge=0)
+    retry_on: list[str] = Field(default_factory=list)
+    retry_backoff: float = Field(1.0, ge=0, strict=True, allow_inf_nan=False)
+    retry_backoff_max: float = Field(600.0, ge=0, strict=True, allow_inf_nan=False)
     depends_on: list[str] = Field(default_factory=list)
     depends_on_group: str | None = None
     on_dependency_failure: Literal["fail", "run"] = "fail"
     group: str | None = None
     idempotent: bool = True
+
+    @field_validator("retry_on")
+    @classmethod
+    def _check_retry_on(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name.isidentifier():
+                raise ValueError(
+                    f"retry_on holds {name!r}; expected exception class names like 'ConnectionError'"
+                )
+        return names
 
     @field_validator("config")
     @classmethod

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.control import ControlServer
+from orchestrator.durations import caller_timeout
 from orchestrator.errors import (
     ConfigError,
     GroupNotFoundError,
@@ -213,8 +214,9 @@ class ParallelOrchestrator:
         once and the same shutdown goes on in the background. With a journal, ``keep_queued``
         stops at once and leaves queued and running tasks in the journal for the next process.
         """
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0, not {timeout!r}")
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+        timeout = caller_timeout(timeout)
         with self._lifecycle_lock:
             if self._state == "created":
                 self._state = "closed"
@@ -640,6 +642,7 @@ class ParallelOrchestrator:
             TaskNotFoundError: unknown id.
         """
         record = self._record(task_id)
+        limit = caller_timeout(timeout)
         if record.result is None:
             # A held lock that the supervisor releases: cheaper on both sides than an Event. No
             # round trip to the supervisor either: it sets ``result`` before it calls the waiters,
@@ -647,9 +650,7 @@ class ParallelOrchestrator:
             final = threading.Lock()
             final.acquire()
             record.waiters.append(lambda result: final.release())
-            if record.result is None and not final.acquire(
-                timeout=-1 if timeout is None else max(0.0, timeout)
-            ):
+            if record.result is None and not final.acquire(timeout=-1 if limit is None else limit):
                 raise TimeoutError(f"task {task_id} is not final after {timeout} s (status {record.status})")
         assert record.result is not None
         return record.result
@@ -662,6 +663,7 @@ class ParallelOrchestrator:
             TaskNotFoundError: unknown id.
         """
         record = self._record(task_id)
+        limit = caller_timeout(timeout)
         if record.result is not None:
             return record.result
         loop = asyncio.get_running_loop()
@@ -677,7 +679,7 @@ class ParallelOrchestrator:
 
         self._notify_when_final([record], notify)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(future, limit)
         except TimeoutError:
             raise TimeoutError(f"task {task_id} is not final after {timeout} s") from None
 
@@ -737,10 +739,11 @@ class ParallelOrchestrator:
             TimeoutError: ``timeout`` seconds (for the whole iteration) passed first.
             TaskNotFoundError: an unknown id (raised before anything is yielded).
         """
+        limit = caller_timeout(timeout)
         records = [self._record(task_id) for task_id in dict.fromkeys(task_ids)]
         finished: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
         self._notify_when_final(records, finished.put)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if limit is None else time.monotonic() + limit
         for done in range(len(records)):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -754,6 +757,7 @@ class ParallelOrchestrator:
         self, task_ids: Iterable[str], timeout: float | None = None
     ) -> AsyncIterator[TaskResult]:
         """`as_completed` for asyncio: ``async for result in orch.as_completed_async(ids)``."""
+        limit = caller_timeout(timeout)
         records = [self._record(task_id) for task_id in dict.fromkeys(task_ids)]
         loop = asyncio.get_running_loop()
         finished: asyncio.Queue[TaskResult] = asyncio.Queue()
@@ -763,7 +767,7 @@ class ParallelOrchestrator:
                 loop.call_soon_threadsafe(finished.put_nowait, result)
 
         self._notify_when_final(records, notify)
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if limit is None else loop.time() + limit
         for done in range(len(records)):
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,9 +131,16 @@ class Timers:
         self._seq = itertools.count()
 
     def schedule(self, deadline: float, action: Callable[..., None], *args: Any) -> Timer:
-        """Run ``action(*args)`` once ``deadline`` has passed; returns a cancellable handle."""
+        """Run ``action(*args)`` once ``deadline`` has passed; returns a cancellable handle.
+
+        A deadline of ``inf`` (a duration that means "never") is a handle that never fires; NaN,
+        which would corrupt the heap's order, raises `ValueError`.
+        """
+        if deadline != deadline:
+            raise ValueError("a timer's deadline must be a number, not nan")
         timer = Timer(deadline, next(self._seq), action, args)
-        heapq.heappush(self._heap, timer)
+        if deadline != math.inf:
+            heapq.heappush(self._heap, timer)
         return timer
 
     @staticmethod

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
+from orchestrator.durations import clamp_wait
 from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError, OrchestratorError, QueueFullError
 from orchestrator.events import Callback, EventBus, call_each
 from orchestrator.graph import Collection, TaskGraph, status_counts
@@ -87,7 +88,8 @@ MAX_START_FAILURES: Final = 3
 THROUGHPUT_SAMPLES: Final = 200_000
 # Partial results kept per task for `stream` (the oldest are dropped first).
 MAX_PARTIALS_KEPT: Final = 1000
-# The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception).
+# The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception, or
+# when the exception's class is named in retry_on).
 RETRYABLE: Final = frozenset({"worker_crashed", "timeout", "memory_limit", "rate_limit"})
 
 _REPLIES: Final = (protocol.TaskDone, protocol.TaskFailed)
@@ -346,7 +348,7 @@ class Supervisor:
                 self._wakeup_pending = False
                 if self._commands:
                     timeout = 0
-                self._handle_ready(self._selector.select(timeout))
+                self._handle_ready(self._selector.select(clamp_wait(timeout)))
                 self._fire_due_timers()
                 if self._journal is not None:
                     journal_due = self._flush_journal(self._journal)
@@ -924,7 +926,7 @@ class Supervisor:
         """End an attempt without a result: retry it if its spec allows, else finish the task."""
         if self._metrics is not None:
             self._metrics.attempt_failed(record.spec.type, kind)
-        if self._may_retry(record, kind):
+        if self._may_retry(record, kind, exception_type):
             self._retry_later(record, kind, message, retry_after)
             return
         error = assemble(
@@ -938,9 +940,11 @@ class Supervisor:
         self._finish(record, status, error=error)
 
     @staticmethod
-    def _may_retry(record: TaskRecord, kind: str) -> bool:
+    def _may_retry(record: TaskRecord, kind: str, exception_type: str) -> bool:
         spec = record.spec
-        retryable = kind in RETRYABLE or (kind == "exception" and spec.retry_on_exception)
+        retryable = kind in RETRYABLE or (
+            kind == "exception" and (spec.retry_on_exception or exception_type in spec.retry_on)
+        )
         return retryable and record.attempts - record.interrupted <= spec.retries
 
     def _retry_later(self, record: TaskRecord, kind: str, message: str, retry_after: float | None) -> None:
@@ -958,10 +962,7 @@ class Supervisor:
         if self._journal is not None:
             self._journal.requeued(record.task_id, record.attempts)
         self._end_attempt(record, kind)
-        if retry_after is not None:
-            delay = max(0.0, retry_after)
-        else:
-            delay = record.spec.retry_backoff * 2 ** (record.attempts - 1) * random.uniform(0.5, 1.0)
+        delay = _retry_delay(record.spec, record.attempts, retry_after)
         self._log_task(
             record,
             logging.INFO,
@@ -1839,6 +1840,17 @@ class Supervisor:
 
 
 _EMPTY_DEPS: Final = protocol.pack_payload(None)
+# 2**64 backoffs is beyond any retry_backoff_max; a larger power would overflow a float.
+_MAX_BACKOFF_DOUBLINGS: Final = 64
+
+
+def _retry_delay(spec: TaskSpec, attempts: int, retry_after: float | None) -> float:
+    """Seconds before the next attempt: the handler's ``retry_after``, else an exponential backoff
+    with jitter; either way at most ``retry_backoff_max``."""
+    if retry_after is None:
+        doublings = min(attempts - 1, _MAX_BACKOFF_DOUBLINGS)
+        retry_after = spec.retry_backoff * 2.0**doublings * random.uniform(0.5, 1.0)
+    return min(max(0.0, retry_after), spec.retry_backoff_max)
 
 
 def _prefetched(record: TaskRecord) -> bool:

@@ -476,9 +476,17 @@ def _classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
         return _failure(ctx.task_id, ctx.stop_reason or exc.kind, exc)
     if isinstance(exc, RateLimitError):
         failure = _failure(ctx.task_id, "rate_limit", exc)
-        failure.retry_after = exc.retry_after
+        failure.retry_after = _seconds_or_none(exc.retry_after)
         return failure
     return _failure(ctx.task_id, "exception", exc)
+
+
+def _seconds_or_none(value: Any) -> float | None:
+    """A handler's ``retry_after`` as the protocol carries it: seconds >= 0 (``inf`` waits as long as
+    the host allows), or None for what is not a number, so the host falls back to the backoff."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return None
+    return max(0.0, float(value))
 
 
 def _dependencies(packed: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ HANDLERS = {
         "leak_and_crash",
         "logged",
         "ticker",
+        "stubborn",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -153,6 +154,14 @@ def partials(ctx: TaskContext) -> Any:
     return n
 
 
+def stubborn(ctx: TaskContext) -> Any:
+    """Swallow every stop request and run until the file named by config['release'] exists."""
+    while True:
+        with contextlib.suppress(BaseException):
+            _wait_for_release(ctx)
+            return "released"
+
+
 def poll_cancel(ctx: TaskContext) -> Any:
     """Catch the stop exception and poll ctx.cancelled, returning what it saw."""
     with contextlib.suppress(BaseException):
@@ -181,7 +190,7 @@ def rate_limited(ctx: TaskContext) -> Any:
     from workers import RateLimitError
 
     if ctx.attempt < ctx.config.get("ok_on", 99):
-        raise RateLimitError("429 too many requests")
+        raise RateLimitError("429 too many requests", retry_after=ctx.config.get("retry_after"))
     return ctx.attempt
 
 
