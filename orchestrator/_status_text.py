@@ -23,6 +23,8 @@ def _orchestrator(snapshot: dict[str, Any]) -> str:
         f"failed {status['failed']}  cancelled {status['cancelled']}   "
         f"{snapshot['tasks_per_s']:.1f} tasks/s (last minute)"
     )
+    if status.get("state") == "failed":
+        header += f"\nFAILED: {status['failure']} (it takes no new tasks; see its log)"
     rows = [_row(worker) for worker in snapshot["workers"]] or [["-", "no workers", *[""] * 7]]
     text = header + "\n" + _table([list(_COLUMNS), *rows])
     if snapshot.get("dask_workers"):

@@ -417,6 +417,8 @@ class ParallelOrchestrator:
             supervisor.accept(records)
         except OrchestratorClosedError:
             self._unadmit(records)
+            if self._journal is not None:
+                self._journal.withdraw([record.task_id for record in records])
             raise
 
     def _admit(self, records: list[TaskRecord]) -> None:
@@ -619,6 +621,8 @@ class ParallelOrchestrator:
     def _ensure_running(self) -> None:
         if self._state == "created":
             self.initialize()
+        elif self._supervisor is not None and self._supervisor.failure is not None:
+            raise self._supervisor.closed_error()
         elif self._state != "running":
             raise OrchestratorClosedError(
                 f"orchestrator {self.config.name!r} is shut down and takes no new tasks"
@@ -872,8 +876,12 @@ class ParallelOrchestrator:
                 max_workers=self.config.max_workers,
                 task_queue_size=self.config.task_queue_size,
                 uptime_s=0.0,
+                state=self._state,
             )
-        return supervisor.call(supervisor.status)
+        status = supervisor.call(supervisor.status)
+        if supervisor.failure is not None:
+            return status.model_copy(update={"state": "failed", "failure": supervisor.failure})
+        return status if self._state == "running" else status.model_copy(update={"state": self._state})
 
     def on(self, event: str, callback: Callable[[Any], object]) -> Callable[[], None]:
         """Call ``callback(event_model)`` for every ``event``; returns a function that unsubscribes.

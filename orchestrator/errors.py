@@ -12,6 +12,7 @@
     ├── PlanError              a plan rejected before anything was queued (also a ValueError)
     ├── ScheduleError          a bad run_at, delay, cron expression or schedule (also a ValueError)
     └── OrchestratorClosedError  submit after shutdown
+        └── OrchestratorFailedError  submit after the supervisor failed (a bug of ours, logged CRITICAL)
 
 A task that fails is not an exception of the API: its `TaskResult` says so, with a `TaskError`
 whose ``kind`` tells timeout from crash from exception.
@@ -60,3 +61,9 @@ class GroupNotFoundError(OrchestratorError, KeyError):
 
 class OrchestratorClosedError(OrchestratorError):
     """The orchestrator was shut down (or is shutting down) and takes no new tasks."""
+
+
+class OrchestratorFailedError(OrchestratorClosedError):
+    """The orchestrator's supervisor failed, by a fault of the orchestrator's own, and takes no new
+    tasks. The message says why; the CRITICAL log record has the traceback. With a journal every
+    open task stays recoverable: a new orchestrator on the same journal runs them again."""

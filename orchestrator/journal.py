@@ -228,6 +228,13 @@ class Journal:
         with self._intake_lock:
             self._intakes[self._active].append(payload, entries)
 
+    def withdraw(self, task_ids: list[str]) -> None:
+        """Take back tasks `add` recorded whose submit was then refused (any thread)."""
+        entries = [(_FORGET, _seq_of(task_id)) for task_id in task_ids]
+        payload = msgpack.packb(entries, use_bin_type=True)
+        with self._intake_lock:
+            self._intakes[self._active].append(payload, entries)
+
     def started(self, task_id: str, attempts: int) -> None:
         """The task's handler started (its attempts so far)."""
         self._entries.append((_STATE, _seq_of(task_id), "running", attempts, None))

@@ -158,6 +158,10 @@ class OrchestratorStatus(_Frozen):
     task_queue_size: int
     uptime_s: float
     type_limits: dict[str, int] = {}
+    # "running", or "failed" when the supervisor stopped by a fault of ours (``failure`` says which);
+    # "created", "closing", "closed" around them.
+    state: Literal["created", "running", "failed", "closing", "closed"] = "running"
+    failure: str | None = None
 
 
 class Event(_Frozen):

@@ -78,6 +78,8 @@ class WorkerHandle:
     started_at: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.time)
     exit_reason: str | None = None
+    # What the worker sent that broke the protocol (it was killed for it).
+    violation: str | None = None
     timer: Timer | None = None
     frames: protocol.FrameReader = field(init=False, repr=False)
     # The worker's pid, read once: the process object re-checks its state on every read.

@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +38,13 @@ from typing import Any, Final, TypeVar, cast
 
 from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.durations import clamp_wait
-from orchestrator.errors import GroupNotFoundError, OrchestratorClosedError, OrchestratorError, QueueFullError
+from orchestrator.errors import (
+    GroupNotFoundError,
+    OrchestratorClosedError,
+    OrchestratorError,
+    OrchestratorFailedError,
+    QueueFullError,
+)
 from orchestrator.events import Callback, EventBus, call_each
 from orchestrator.graph import Collection, TaskGraph, status_counts
 from orchestrator.journal import Journal, journal_result
@@ -258,6 +264,8 @@ class Supervisor:
         self._commands: deque[Callable[[], None] | TaskRecord] = deque()
         self._commands_lock = threading.Lock()
         self._exited = False
+        # Why the loop ended by a fault of ours (None while it runs, and after a clean shutdown).
+        self.failure: str | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
@@ -290,13 +298,22 @@ class Supervisor:
     def _post(self, items: Iterable[Callable[[], None] | TaskRecord]) -> None:
         with self._commands_lock:
             if self._exited:
-                raise OrchestratorClosedError("the orchestrator has shut down")
+                raise self.closed_error()
             self._commands.extend(items)
             # Under the lock: the supervisor closes the pipe under it too, once it has exited.
             if not self._wakeup_pending:
                 self._wakeup_pending = True
                 with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
                     os.write(self._wakeup_w, b"\0")
+
+    def closed_error(self) -> OrchestratorClosedError:
+        """What a command posted after the loop ended raises: why it ended."""
+        if self.failure is not None:
+            return OrchestratorFailedError(
+                f"the orchestrator's supervisor failed ({self.failure}); see the CRITICAL log record. "
+                "Create a new orchestrator (with a journal it recovers the open tasks)"
+            )
+        return OrchestratorClosedError("the orchestrator has shut down")
 
     def _wake(self) -> None:
         """New capacity arrived (from another thread): take it in, so idle_timeout applies to it."""
@@ -352,11 +369,32 @@ class Supervisor:
                 self._fire_due_timers()
                 if self._journal is not None:
                     journal_due = self._flush_journal(self._journal)
-        except BaseException:
-            logger.critical("supervisor failed; killing workers and failing open tasks", exc_info=True)
-            raise
+        except BaseException as exc:  # noqa: BLE001 - any fault of ours: reported, never data loss
+            self._fail_loudly(exc)
         finally:
             self._close_down()
+
+    def _fail_loudly(self, exc: BaseException) -> None:
+        """A fault of ours escaped the loop: say so everywhere, and lose nothing that was accepted.
+
+        With a journal, open tasks stay open there (queued, or running at their attempt) for the
+        next process to recover, exactly as after a host crash; only memory learns they ended.
+        """
+        self.failure = f"{type(exc).__name__}: {exc}"
+        logger.critical(
+            "orchestrator %r: the supervisor failed (%s); its workers are killed and its open tasks "
+            "end here%s",
+            self._config.name,
+            self.failure,
+            ", and stay open in the journal for the next process" if self._journal is not None else "",
+            exc_info=exc,
+        )
+        if self._journal is not None:
+            journal, self._journal = self._journal, None
+            try:
+                journal.flush(wait=False)  # this wake-up's changes, into the intake log; no disk wait
+            except Exception:
+                logger.exception("the journal could not take the last changes before the failure")
 
     def _flush_journal(self, journal: Journal) -> float | None:
         """Group-commit this wake-up; once results moved into SQLite, older ones may leave memory."""
@@ -403,13 +441,31 @@ class Supervisor:
 
     def _execute(self, item: Callable[[], None] | TaskRecord) -> None:
         if isinstance(item, TaskRecord):
-            self._accept_one(item)
+            with self._contained("accepting it", item):
+                self._accept_one(item)
         else:
             item()
 
     def _fire_due_timers(self) -> None:
         for timer in self._timers.pop_due(time.monotonic()):
-            timer.action(*timer.args)
+            about = next((arg for arg in timer.args if isinstance(arg, TaskRecord | WorkerHandle)), None)
+            with self._contained(f"its timer ({getattr(timer.action, '__name__', 'timer')})", about):
+                timer.action(*timer.args)
+
+    @contextlib.contextmanager
+    def _contained(self, doing: str, about: TaskRecord | WorkerHandle | None) -> Iterator[None]:
+        """A fault while handling one task or one worker ends that task (or kills that worker), not
+        the supervisor. A fault about neither is the supervisor's own, and ends it loudly."""
+        try:
+            yield
+        except Exception as exc:
+            if about is None:
+                raise
+            logger.error("internal error while %s: %s", doing, exc, exc_info=True)
+            if isinstance(about, WorkerHandle):
+                self._expel(about, exc)
+            elif about.result is None:
+                self._fail(about, "interrupted", f"the orchestrator failed while {doing}: {exc!r}")
 
     # ----------------------------------------------------------------- accepting work
 
@@ -637,6 +693,13 @@ class Supervisor:
         record.revoking = True
         worker.send(protocol.Revoke(record.task_id, worker.tasks[record.task_id]))
 
+    def _on_revoked_message(self, worker: WorkerHandle, task_id: str) -> None:
+        record = self._active_record(worker, task_id)
+        if record is not None and not record.revoking:
+            # A task given back that was never asked back would run again, and again.
+            raise protocol.ProtocolError(f"Revoked {task_id!r}, which the host did not ask back")
+        self._on_revoked(worker, task_id)
+
     def _on_revoked(self, worker: WorkerHandle, task_id: str) -> None:
         record = self._active_record(worker, task_id)
         if record is None:
@@ -688,19 +751,43 @@ class Supervisor:
     def _drain(self, worker: WorkerHandle, until_empty: bool = False) -> None:
         """Handle what the worker's pipe holds: one read when the selector found it readable, or
         everything left (``until_empty``, a dead worker's last words; a pipe another process still
-        holds open may then be empty without EOF, so it is polled before each read)."""
-        try:
-            while not until_empty or worker.conn.poll(0):
-                for frame in worker.frames.read():
-                    self._handle_message(worker, protocol.decode(frame))
-                if not until_empty:
+        holds open may then be empty without EOF, so it is polled before each read).
+
+        A frame that is not a valid message, or a message whose handling fails, is that worker's
+        fault: it is killed and its tasks end as crashed; the supervisor goes on.
+        """
+        while worker.violation is None:
+            try:
+                if until_empty and not worker.conn.poll(0):
                     return
-        except (EOFError, OSError):
-            self._unwatch(worker.conn.fileno())
-            self._pool.connection_lost(worker)
-        except protocol.ProtocolError:
-            logger.exception("worker %d sent an undecodable frame; killing it", worker.worker_id)
-            self._kill(worker, "crashed")
+                frames = worker.frames.read()
+            except (EOFError, OSError):
+                self._unwatch(worker.conn.fileno())
+                self._pool.connection_lost(worker)
+                return
+            except protocol.ProtocolError as exc:
+                self._expel(worker, exc)
+                return
+            for frame in frames:
+                try:
+                    self._handle_message(worker, protocol.decode(frame))
+                except Exception as exc:  # noqa: BLE001 - contained to the worker that sent it
+                    self._expel(worker, exc)
+                    return
+            if not until_empty:
+                return
+
+    def _expel(self, worker: WorkerHandle, exc: Exception) -> None:
+        """Kill a worker that broke the protocol; nothing more it sends is read."""
+        worker.violation = str(exc)[:500] or type(exc).__name__
+        logger.error(
+            "worker %d (pid %s) broke the protocol: %s; killing it",
+            worker.worker_id,
+            worker.pid,
+            worker.violation,
+            exc_info=not isinstance(exc, protocol.ProtocolError),  # ours to debug: its traceback
+        )
+        self._kill(worker, "protocol_violation")
 
     def _handle_message(self, worker: WorkerHandle, msg: protocol.Message) -> None:
         # The commonest first: every task sends a start and a reply.
@@ -715,7 +802,7 @@ class Supervisor:
         elif isinstance(msg, protocol.Hello):
             self._on_hello(worker)
         elif isinstance(msg, protocol.Revoked):
-            self._on_revoked(worker, msg.task_id)
+            self._on_revoked_message(worker, msg.task_id)
         elif isinstance(msg, protocol.Publish):
             self._on_publish(worker, msg)
         elif isinstance(msg, protocol.Call):
@@ -1410,7 +1497,9 @@ class Supervisor:
         how = (
             exit_reason_of(exitcode) if worker.node is None else f"connection lost; Dask worker {worker.node}"
         )
-        if never_started:
+        if worker.violation is not None:
+            message = f"worker pid {worker.pid} broke the protocol and was killed ({worker.violation})"
+        elif never_started:
             message = (
                 f"worker pid {worker.pid} exited during start-up ({how}); see its stderr. "
                 'A common cause: the host script lacks `if __name__ == "__main__":`'
@@ -1770,9 +1859,13 @@ class Supervisor:
             worker.process.join(STOP_TIMEOUT)
             self._pool.release(worker)
         self._workers.clear()
+        if self.failure is None:
+            kind, message = "cancelled", "the orchestrator shut down before the task finished"
+        else:
+            kind, message = "interrupted", f"the orchestrator failed before the task finished: {self.failure}"
         for record in list(self._tasks.values()):
             if record.result is None:
-                self._fail(record, "cancelled", "the orchestrator shut down before the task finished")
+                self._fail(record, kind, message)
         if self._journal is not None:
             self._journal.flush()
         unlink_by_prefix(block_prefix(self._pool.block_namespace)[:-2])

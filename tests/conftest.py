@@ -12,9 +12,16 @@ from typing import Any
 
 import psutil
 import pytest
+from hypothesis import settings
 
 from orchestrator import ParallelOrchestrator
 from tests.helpers.tasks import HANDLERS
+
+# The fuzzing tests' example counts (tests that set their own keep them): "ci" by default, a few
+# thousand examples in all; `pytest --hypothesis-profile=long tests/hostile` for a longer hunt.
+settings.register_profile("ci", max_examples=1000, deadline=None)
+settings.register_profile("long", max_examples=20_000, deadline=None)
+settings.load_profile("ci")
 
 # Only ever reached on a deadlock: every wait in the tests passes it, so a hang fails loudly.
 DEADLOCK_TIMEOUT = 30.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -62,6 +63,14 @@ _STOP_EXCEPTIONS: dict[str, type[TaskCancelled]] = {
 }
 
 
+def _check_amount(name: str, value: Any) -> None:
+    """A progress figure as the host accepts it: a finite number >= 0."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"progress: {name} must be a number, not {type(value).__name__}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"progress: {name} must be a finite number >= 0, not {value!r}")
+
+
 def _ids(task_ids: list[str]) -> list[str]:
     if isinstance(task_ids, str) or not all(isinstance(task_id, str) for task_id in task_ids):
         raise TypeError(f"task_ids must be a list of task id strings, not {task_ids!r}")
@@ -117,10 +126,9 @@ class TaskContext:
 
     def progress(self, completed: float, total: float | None = None, message: str = "") -> None:
         """Report progress: ``completed`` units of ``total`` (None when unknown), with a message."""
-        if not isinstance(completed, int | float) or isinstance(completed, bool):
-            raise TypeError(f"progress: completed must be a number, not {type(completed).__name__}")
-        if total is not None and (not isinstance(total, int | float) or isinstance(total, bool)):
-            raise TypeError(f"progress: total must be a number or None, not {type(total).__name__}")
+        _check_amount("completed", completed)
+        if total is not None:
+            _check_amount("total", total)
         self._send(protocol.TaskProgress(self.task_id, completed, total, str(message)))
 
     def emit(self, data: Any) -> None:

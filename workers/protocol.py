@@ -9,10 +9,12 @@ the pipe.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import sys
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import msgpack
@@ -55,6 +57,9 @@ def pack_payload(
         ) from exc
 
 
+# Deepest nesting of lists and maps a payload may have: msgpack's packer stops at 511, and a walk
+# this deep (a frame per level) stays far from Python's recursion limit of 1,000 frames.
+MAX_PAYLOAD_DEPTH: Final = 256
 _SCALARS: Final = (str, bytes, bytearray, memoryview, float, bool, type(None))
 _KEYS: Final = (str, int)
 _SEQUENCES: Final = (list, tuple)
@@ -69,48 +74,60 @@ def check_payload(value: Any, where: str = "config") -> None:
 
     A walk over the structure, never over the bytes: a 64 MiB buffer costs no more than a small one.
     Plain data passes a quick walk; anything else gets the walk that keeps the path for the message.
+    Nesting deeper than `MAX_PAYLOAD_DEPTH` is refused (msgpack could not pack it either).
     """
-    if not _plainly_fits(value):
-        _check_closely(value, where)
+    if not _plainly_fits(value, 0):
+        _check_closely(value, where, 0)
 
 
-def _plainly_fits(value: Any) -> bool:
+def _plainly_fits(value: Any, depth: int) -> bool:
     """True for plain data that can travel (exact built-in types only); False means look closer."""
     kind = type(value)
     if kind in _LEAVES:
         return True
     if kind is int:
         return -(2**63) <= value < 2**64  # type: ignore[no-any-return]
+    if depth >= MAX_PAYLOAD_DEPTH:
+        return False
     if kind is dict:
         for key, item in value.items():
-            if type(key) is not str and type(key) is not int:
+            if type(key) is not str and (type(key) is not int or not -(2**63) <= key < 2**64):
                 return False
-            if type(item) not in _LEAVES and not _plainly_fits(item):
+            if type(item) not in _LEAVES and not _plainly_fits(item, depth + 1):
                 return False
         return True
     if kind is list or kind is tuple:
-        return all(type(item) in _LEAVES or _plainly_fits(item) for item in value)
+        for item in value:  # a loop, not all(...): a generator would add a frame per level
+            if type(item) not in _LEAVES and not _plainly_fits(item, depth + 1):
+                return False
+        return True
     return False
 
 
-def _check_closely(value: Any, where: str) -> None:
+def _check_closely(value: Any, where: str, depth: int) -> None:
     if isinstance(value, _SCALARS):
         return
     if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
             raise PayloadError(f"not msgpack-serialisable: {where} is an integer beyond 64 bits")
         return
+    if depth >= MAX_PAYLOAD_DEPTH and isinstance(value, dict | list | tuple):
+        raise PayloadError(
+            f"not msgpack-serialisable: {where[:200]}... nests more than {MAX_PAYLOAD_DEPTH} levels deep"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, _KEYS) or isinstance(key, bool):
                 raise PayloadError(
                     f"not msgpack-serialisable: {where} has a key of type {type(key).__name__}"
                 )
-            _check_closely(item, f"{where}[{key!r}]")
+            if isinstance(key, int) and not -(2**63) <= key < 2**64:
+                raise PayloadError(f"not msgpack-serialisable: {where} has an integer key beyond 64 bits")
+            _check_closely(item, f"{where}[{key!r}]", depth + 1)
         return
     if isinstance(value, _SEQUENCES):
         for index, item in enumerate(value):
-            _check_closely(item, f"{where}[{index}]")
+            _check_closely(item, f"{where}[{index}]", depth + 1)
         return
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
@@ -400,19 +417,101 @@ def encode(msg: Message) -> bytes:
 
 
 def decode(frame: bytes) -> Message:
-    """Parse one frame; raise `ProtocolError` when it is not a message of this protocol."""
+    """Parse one frame and check every field (types, ranges); raise `ProtocolError` when it is not a
+    valid message of this protocol. The peer may be another machine's process: nothing is trusted."""
     try:
         tag, *values = msgpack.unpackb(frame, raw=False)
         cls = _CLASSES[tag]
-        return cls(*values)  # type: ignore[no-any-return]
     except Exception as exc:
         raise ProtocolError(f"undecodable frame of {len(frame)} bytes: {exc!r}") from exc
+    _check_fields(cls, values)
+    msg = cls(*values)
+    check = _MESSAGE_CHECKS.get(cls)
+    if check is not None:
+        check(msg)
+    return msg  # type: ignore[no-any-return]
+
+
+# How a field's annotation travels: the exact types msgpack gives back for it (a float may come
+# as an int; a bool is never taken for an int).
+_WIRE_TYPES: Final[dict[str, tuple[type[Any], ...]]] = {
+    "str": (str,),
+    "bytes": (bytes,),
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "None": (type(None),),
+}
+# Fields that count, measure or number something: never negative.
+_NON_NEGATIVE: Final = frozenset(
+    {"worker_id", "pid", "version", "attempt", "seq", "call_id", "sub_id", "message_id", "rss", "cpu"}
+    | {"retry_after", "completed", "total"}
+)
+# The failures a worker may report for a task; the rest (crash, memory kill...) only the host decides.
+WORKER_FAILURE_KINDS: Final = frozenset(
+    {"exception", "timeout", "cancelled", "serialization", "rate_limit", "memory_limit"}
+)
+
+_Schema = tuple[int, tuple[tuple[str, tuple[type[Any], ...], bool], ...]]
+
+
+def _schema(cls: type[Any]) -> _Schema:
+    """How many fields ``cls`` requires, and each field's name, wire types and sign rule."""
+    required = sum(1 for f in fields(cls) if f.default is MISSING)
+    checks = []
+    for f in fields(cls):
+        kinds = tuple(kind for part in str(f.type).split(" | ") for kind in _WIRE_TYPES[part])
+        checks.append((f.name, kinds, f.name in _NON_NEGATIVE))
+    return required, tuple(checks)
+
+
+def _check_fields(cls: type[Any], values: list[Any]) -> None:
+    required, schema = _SCHEMAS[cls]
+    if not required <= len(values) <= len(schema):
+        raise ProtocolError(
+            f"{cls.__name__} carries {len(values)} fields; it has {required} to {len(schema)}"
+        )
+    for value, (name, kinds, non_negative) in zip(values, schema, strict=False):
+        kind = type(value)
+        if kind not in kinds:
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise ProtocolError(f"{cls.__name__}.{name} is a {kind.__name__}; expected {expected}")
+        if kind is float and not math.isfinite(value):
+            raise ProtocolError(f"{cls.__name__}.{name} is {value}; expected a finite number")
+        if non_negative and value is not None and value < 0:
+            raise ProtocolError(f"{cls.__name__}.{name} is {value}; expected a number >= 0")
+
+
+def _check_hello(msg: Hello) -> None:
+    if msg.version != PROTOCOL_VERSION or msg.pid == 0:
+        raise ProtocolError(
+            f"Hello from pid {msg.pid} speaks protocol version {msg.version}; this side speaks "
+            f"{PROTOCOL_VERSION} (a worker of another release?)"
+        )
+
+
+def _check_failure(msg: TaskFailed) -> None:
+    if msg.kind not in WORKER_FAILURE_KINDS:
+        known = ", ".join(sorted(WORKER_FAILURE_KINDS))
+        raise ProtocolError(f"TaskFailed.kind is {msg.kind[:40]!r}; a worker reports {known}")
+
+
+_SCHEMAS: Final[dict[type[Any], _Schema]] = {cls: _schema(cls) for cls in _CLASSES.values()}
+_MESSAGE_CHECKS: Final[dict[type[Any], Callable[[Any], None]]] = {
+    Hello: _check_hello,
+    TaskFailed: _check_failure,
+}
 
 
 # `Connection.send_bytes` framing: a signed 32-bit big-endian length, or -1 then an unsigned 64-bit one.
 _SHORT_HEADER: Final = struct.Struct("!i")
 _LONG_HEADER: Final = struct.Struct("!Q")
 _READ_SIZE: Final = 1 << 16
+# The most one read asks for, however long the frame a peer announces: a header is the peer's word,
+# and os.read allocates what it is asked for before anything arrives.
+_MAX_READ: Final = 1 << 26
+# The longest frame taken from a peer (a larger announced length is a protocol violation).
+MAX_FRAME_BYTES: Final = 1 << 32
 
 
 class FrameReader:
@@ -435,7 +534,7 @@ class FrameReader:
 
         Raises EOFError when the other end has closed, `ProtocolError` on a corrupt header.
         """
-        data = os.read(self._fd, max(_READ_SIZE, self._wanted - self._held))
+        data = os.read(self._fd, min(_MAX_READ, max(_READ_SIZE, self._wanted - self._held)))
         if not data:
             raise EOFError("the pipe was closed")
         if self._parts:
@@ -469,6 +568,8 @@ def _split_frames(data: bytes) -> tuple[list[bytes], int, int]:
             if size - start < header:
                 return frames, start, header
             (length,) = _LONG_HEADER.unpack_from(data, start + _SHORT_HEADER.size)
+            if length > MAX_FRAME_BYTES:
+                raise ProtocolError(f"a frame of {length} bytes announced; the most is {MAX_FRAME_BYTES}")
         end = start + header + length
         if end > size:
             return frames, start, header + length

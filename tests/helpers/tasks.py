@@ -49,6 +49,7 @@ HANDLERS = {
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
+HANDLERS["liar"] = "tests.helpers.hostile:liar"
 HANDLERS.update(
     {
         name: f"tests.helpers.talk:{name}"
