@@ -36,7 +36,7 @@ def test_messages_round_trip(message: protocol.Message) -> None:
 
 @pytest.mark.parametrize("frame", [b"", b"\x93\x01\x02\x03", protocol.pack_payload([99, "x"]), b"\xc1"])
 def test_malformed_frames_are_protocol_errors(frame: bytes) -> None:
-    with pytest.raises(protocol.ProtocolError, match="undecodable|carries 2 fields"):
+    with pytest.raises(protocol.ProtocolError, match=r"undecodable|carries 2 fields"):
         protocol.decode(frame)
 
 
