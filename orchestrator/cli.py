@@ -105,7 +105,10 @@ def _journal_status(path: str, as_json: bool) -> None:
 
 
 def _snapshots(name: str | None) -> list[dict[str, Any]]:
-    live, stale = discover()
+    try:
+        live, stale = discover()
+    except ClientError as exc:
+        raise ConnectionProblem(str(exc)) from exc
     for path in stale:
         click.echo(f"removed a stale control socket: {path}", err=True)
     if name is not None:

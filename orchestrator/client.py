@@ -6,7 +6,10 @@ Light on purpose (standard library and msgpack only), since every ``orch`` comma
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,8 @@ from typing import Any
 from orchestrator.wire import SOCKET_SUFFIX, WireError, recv_frame, runtime_dir, send_frame
 
 CONNECT_TIMEOUT = 5.0
+# struct ucred: pid, uid, gid.
+_PEER_CREDENTIALS = struct.Struct("3i")
 
 
 class ClientError(Exception):
@@ -58,10 +63,56 @@ class Endpoint:
         sock.settimeout(CONNECT_TIMEOUT)
         try:
             sock.connect(str(self.path))
+            _check_server(sock, self.path)
         except OSError as exc:
             sock.close()
             raise ClientError(f"{self.name}: cannot connect to {self.path}: {exc.strerror or exc}") from exc
+        except ClientError:
+            sock.close()
+            raise
         return sock
+
+
+def _check_server(sock: socket.socket, path: Path) -> None:
+    """Refuse a socket served by another user: a request may carry secrets (a task's config)."""
+    _, uid, _ = _PEER_CREDENTIALS.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER_CREDENTIALS.size)
+    )
+    if uid != os.getuid():
+        raise ClientError(
+            f"the control socket {path} is served by uid {uid}, not by you (uid {os.getuid()}); "
+            "refusing to talk to it"
+        )
+
+
+def private_runtime_dir() -> Path | None:
+    """The runtime dir if it is safe to find orchestrators in, None if there is none.
+
+    Raises:
+        ClientError: it is not a real directory of this user with mode 0700, so another user could
+            have planted a socket in it (or it is not readable).
+    """
+    directory = runtime_dir()
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ClientError(f"cannot read the runtime dir {directory}: {exc.strerror or exc}") from exc
+    advice = "set ORCH_RUNTIME_DIR to a directory of your own (mode 0700)"
+    if not stat.S_ISDIR(info.st_mode):
+        raise ClientError(f"the runtime dir {directory} is not a directory (a symlink?); {advice}")
+    if info.st_uid != os.getuid():
+        raise ClientError(
+            f"permission denied: the runtime dir {directory} belongs to uid {info.st_uid}, "
+            f"not to you (uid {os.getuid()}); {advice}"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        raise ClientError(
+            f"the runtime dir {directory} has mode {stat.S_IMODE(info.st_mode):04o}, so other users "
+            f"could place sockets in it; {advice}"
+        )
+    return directory
 
 
 def _read(sock: socket.socket) -> dict[str, Any] | None:
@@ -72,16 +123,22 @@ def _read(sock: socket.socket) -> dict[str, Any] | None:
 
 
 def discover() -> tuple[list[Endpoint], list[Path]]:
-    """Live orchestrators in the runtime dir, and the stale sockets found (and removed)."""
-    directory = runtime_dir()
+    """Live orchestrators in the runtime dir, and the stale sockets found (and removed).
+
+    Raises:
+        ClientError: the runtime dir is not this user's own (see `private_runtime_dir`), or a
+            socket in it is served by another user.
+    """
+    directory = private_runtime_dir()
     live: list[Endpoint] = []
     stale: list[Path] = []
-    if not directory.is_dir():
+    if directory is None:
         return live, stale
     for path in sorted(directory.glob(f"*{SOCKET_SUFFIX}")):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(path))
+            _check_server(probe, path)
         except (ConnectionRefusedError, FileNotFoundError):
             stale.append(path)
             with contextlib.suppress(FileNotFoundError):

@@ -7,10 +7,11 @@ default. Validation happens here, at the boundary; nothing past `submit_task` va
 from __future__ import annotations
 
 import re
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.errors import ConfigError, InvalidTaskError, OrchestratorError
 from workers import protocol
 from workers.registry import BUILTIN_HANDLERS, HANDLER_PATH
 
@@ -19,8 +20,38 @@ _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 StartMethod = Literal["forkserver", "spawn", "fork"]
 
 
-class OrchestratorConfig(BaseModel):
-    """How an orchestrator runs: pool size and scaling, queue bound, limits, handlers."""
+def describe(exc: ValidationError) -> str:
+    """One line per problem: ``field: what is wrong (got value)``."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "spec"
+        got = error.get("input")
+        shown = repr(got) if not isinstance(got, dict) else "{...}"
+        problems.append(f"{where}: {error['msg']} (got {shown[:80]})")
+    return "; ".join(problems)
+
+
+class _Checked(BaseModel):
+    """A model whose construction fails with the API's own error, naming each bad field."""
+
+    _error: ClassVar[tuple[type[OrchestratorError], str]]
+
+    def __init__(self, **fields: Any) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as exc:
+            error, what = self._error
+            raise error(f"invalid {what}: {describe(exc)}") from exc
+
+
+class OrchestratorConfig(_Checked):
+    """How an orchestrator runs: pool size and scaling, queue bound, limits, handlers.
+
+    Raises:
+        ConfigError: a field that does not validate (the message names each one).
+    """
+
+    _error = (ConfigError, "orchestrator config")
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -160,8 +191,14 @@ class OrchestratorConfig(BaseModel):
         return {**BUILTIN_HANDLERS, **self.handlers}
 
 
-class TaskSpec(BaseModel):
-    """One task to run: its type, priority (0..10, 10 most urgent), config and limits."""
+class TaskSpec(_Checked):
+    """One task to run: its type, priority (0..10, 10 most urgent), config and limits.
+
+    Raises:
+        InvalidTaskError: a field that does not validate (the message names each one).
+    """
+
+    _error = (InvalidTaskError, "task spec")
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -54,6 +54,8 @@ class ControlServer:
         self._default_name = "name" not in config.model_fields_set
         self.path = prepare_runtime_dir() / socket_name(config.name, self._default_name)
         self._listener: socket.socket | None = None
+        # (device, inode) of the socket file once bound: the one file `close` may remove.
+        self._bound: tuple[int, int] | None = None
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -81,6 +83,8 @@ class ControlServer:
         os.chmod(temporary, 0o600)
         listener.listen(64)
         os.rename(temporary, self.path)  # the socket appears only once it accepts connections
+        bound = os.stat(self.path)
+        self._bound = (bound.st_dev, bound.st_ino)
         self._listener = listener
         threading.Thread(target=self._accept_loop, name="orch-control", daemon=True).start()
 
@@ -109,12 +113,22 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self._unlink_own_socket()
         with self._lock:
             for connection in self._connections:
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
+
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket file only if it is still the one this server bound: a server that never
+        started (its name was taken) must not remove the live one's."""
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if (current.st_dev, current.st_ino) == self._bound:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -173,6 +187,9 @@ class ControlServer:
             return {"ok": True, "data": handler(request)}
         except (OrchestratorError, ValueError, TypeError, KeyError, TimeoutError) as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # a fault of ours still gets its client a reply
+            logger.exception("control request %r failed", request.get("op"))
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
     # ----------------------------------------------------------------- operations
 

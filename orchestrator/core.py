@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, Self, TypeVar, cast, final
 import psutil
 from pydantic import ValidationError
 
-from orchestrator.config import OrchestratorConfig, TaskSpec
+from orchestrator.config import OrchestratorConfig, TaskSpec, describe
 from orchestrator.control import ControlServer
 from orchestrator.durations import caller_timeout
 from orchestrator.errors import (
@@ -54,6 +54,7 @@ from orchestrator.models import (
     TaskResult,
     TaskStatus,
     WorkerInfo,
+    task_seq,
 )
 from orchestrator.plans import PlanError, references, validate_plan
 from orchestrator.pool import ProcessPool, WorkerPool
@@ -1008,18 +1009,30 @@ class ParallelOrchestrator:
 
     def _was_ours(self, task_id: str) -> bool:
         """An id this instance issued (its sequence number says so without storing it)."""
-        instance, _, seq = task_id.rpartition("-")
-        return instance == self._instance and seq.isdigit() and int(seq) <= self._issued
+        seq = task_seq(task_id)
+        return seq is not None and task_id.rpartition("-")[0] == self._instance and seq <= self._issued
 
     def _shutdown_at_exit(self) -> None:
-        if self._state == "running":
+        """An exit without `shutdown` (an unhandled exception, most often): with a journal, the open
+        tasks stay in it for the next process, as after a crash; without one they are cancelled."""
+        if self._state != "running":
+            if self._state == "closing" and self._supervisor is not None:
+                self._finish_shutdown()
+            return
+        if self._journal is not None:
+            logger.warning(
+                "orchestrator %r still running at exit: its open tasks stay in the journal %s for the "
+                "next process (call shutdown() first to run or cancel them)",
+                self.config.name,
+                self._journal.path,
+            )
+            self.shutdown(wait=True, keep_queued=True)
+        else:
             logger.warning(
                 "orchestrator %r still running at exit: cancelling its tasks (call shutdown() first)",
                 self.config.name,
             )
             self.shutdown(wait=True, cancel_pending=True, timeout=0)
-        elif self._state == "closing" and self._supervisor is not None:
-            self._finish_shutdown()
 
 
 @final
@@ -1132,10 +1145,7 @@ def _build_config(config: OrchestratorConfig | None, overrides: dict[str, Any]) 
     if config is not None and not overrides:
         return config
     fields = config.model_dump(exclude_unset=True) if config is not None else {}
-    try:
-        return OrchestratorConfig(**{**fields, **overrides})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid orchestrator config: {_describe(exc)}") from exc
+    return OrchestratorConfig(**{**fields, **overrides})
 
 
 def _validate_spec(spec: TaskSpec | dict[str, Any]) -> TaskSpec:
@@ -1146,18 +1156,7 @@ def _validate_spec(spec: TaskSpec | dict[str, Any]) -> TaskSpec:
     try:
         return TaskSpec.model_validate(spec)
     except ValidationError as exc:
-        raise InvalidTaskError(f"invalid task spec: {_describe(exc)}") from exc
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line per problem: ``field: what is wrong (got value)``."""
-    problems = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "spec"
-        got = error.get("input")
-        shown = repr(got) if not isinstance(got, dict) else "{...}"
-        problems.append(f"{where}: {error['msg']} (got {shown[:80]})")
-    return "; ".join(problems)
+        raise InvalidTaskError(f"invalid task spec: {describe(exc)}") from exc
 
 
 def _rss(pid: int | None) -> int | None:

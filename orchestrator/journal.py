@@ -45,7 +45,7 @@ from typing import Any, Final
 import msgpack
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import TaskError, TaskResult, TaskStatus
+from orchestrator.models import TaskError, TaskResult, TaskStatus, task_seq
 from workers import protocol
 
 logger = logging.getLogger(__name__)
@@ -153,8 +153,16 @@ class Journal:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path).expanduser()
-        _refuse_foreign(self.path)
-        self._lock_fd = _take_lock(self.path)
+        if self.path.is_dir():
+            raise OrchestratorError(
+                f"journal_path {str(self.path)!r} is a directory; name the journal's file in it, "
+                f"such as {str(self.path / 'journal.db')!r}"
+            )
+        try:
+            _refuse_foreign(self.path)
+            self._lock_fd = _take_lock(self.path)
+        except OSError as exc:
+            raise OrchestratorError(f"cannot open the journal {self.path}: {exc}") from exc
         # The supervisor writes and callers read (evicted results) on one connection.
         self._write = threading.Lock()
         # The supervisor's entries of the current wake-up, appended as one record by `flush`.
@@ -267,12 +275,12 @@ class Journal:
 
     def row(self, task_id: str) -> JournalRow | None:
         """One task by id as SQLite holds it (what is still in the intake is not seen), or None."""
-        seq = task_id.rpartition("-")[2]
-        if not seq.isdigit():
+        seq = task_seq(task_id)
+        if seq is None:
             return None
         with self._write:
             found = self._db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE seq = ? AND task_id = ?", (int(seq), task_id)
+                f"SELECT {_COLUMNS} FROM tasks WHERE seq = ? AND task_id = ?", (seq, task_id)
             ).fetchone()
         return _row(found) if found else None
 

@@ -320,3 +320,19 @@ EVENT_NAMES = frozenset(
         "schedule_missed",
     }
 )
+
+
+# The largest sequence number a task id can carry (SQLite's INTEGER is 64-bit signed).
+_MAX_SEQ = 2**63 - 1
+
+
+def task_seq(task_id: object) -> int | None:
+    """The sequence number that ends a task id (``<instance>-<seq>``), or None when ``task_id``
+    cannot be one of ours: not a str, no ASCII digits after the last '-', or beyond 64 bits."""
+    if not isinstance(task_id, str):
+        return None
+    seq = task_id.rpartition("-")[2]
+    if not (seq.isascii() and seq.isdigit() and len(seq) <= 19):
+        return None
+    number = int(seq)
+    return number if number <= _MAX_SEQ else None

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 import orchestrator
-from orchestrator import OrchestratorConfig, TaskSpec, TaskStatus
+from orchestrator import ConfigError, InvalidTaskError, OrchestratorConfig, TaskSpec, TaskStatus
 from workers import protocol
 
 MESSAGES = [
@@ -75,7 +75,7 @@ def test_task_spec_defaults() -> None:
     ],
 )
 def test_task_spec_rejects(fields: dict, where: str) -> None:
-    with pytest.raises(ValidationError, match=where):
+    with pytest.raises(InvalidTaskError, match=where):
         TaskSpec(type="echo", **fields)
 
 
@@ -92,7 +92,7 @@ def test_config_is_frozen_and_strict() -> None:
     assert config.enable_auto_scaling
     with pytest.raises(ValidationError):
         config.max_workers = 3  # type: ignore[misc]
-    with pytest.raises(ValidationError, match="name"):
+    with pytest.raises(ConfigError, match="name"):
         OrchestratorConfig(name="../etc")
     assert set(config.task_handlers()) == {"monitor", "research", "learn", "optimize", "analyze"}
 
