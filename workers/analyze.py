@@ -11,6 +11,7 @@ insights for strong trends (r^2 >= 0.5) and the strongest correlation (|r| >= 0.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -127,11 +128,13 @@ def _load(config: dict[str, Any]) -> list[dict[str, Any]]:
         raise ValueError("config key 'data' must be a list of numbers or a list of records")
     path = Path(option(config, "path", str))
     try:
-        text = path.read_text(encoding="utf-8")
+        # Untranslated newlines: a quoted CSV field may hold line breaks of its own.
+        with path.open(encoding="utf-8", newline="") as handle:
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"config key 'path': cannot read {str(path)!r}: {exc}") from exc
     if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+        return list(csv.DictReader(io.StringIO(text, newline="")))
     if path.suffix.lower() == ".jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     loaded = json.loads(text)

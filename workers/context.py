@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from workers import protocol
 from workers.messaging import AsyncSubscription, ChildResult, Link, Subscription, _refuse_in_event_loop
@@ -47,9 +46,12 @@ class CapacityError(RateLimitError):
     """Raise it when a service is out of capacity (overloaded, 503); handled as `RateLimitError`."""
 
 
-@dataclass(frozen=True, slots=True)
-class TaskError:
-    """A failed dependency, as ``ctx.deps`` shows it to a task that runs despite the failure."""
+class TaskError(NamedTuple):
+    """A failed dependency, as ``ctx.deps`` shows it to a task that runs despite the failure.
+
+    A tuple, so a handler can return what it was given: it travels as the list
+    ``[kind, message, traceback, exception_type]``.
+    """
 
     kind: str
     message: str

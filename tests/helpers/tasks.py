@@ -46,6 +46,8 @@ HANDLERS = {
         "logged",
         "ticker",
         "stubborn",
+        "raw_deps",
+        "raise_named",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -223,6 +225,22 @@ def deps(ctx: TaskContext) -> Any:
         for key, value in ctx.deps.items()
     }
     return {"name": ctx.description, "deps": seen, "config": ctx.config, "value": ctx.config.get("value")}
+
+
+def raw_deps(ctx: TaskContext) -> Any:
+    """Return ctx.deps exactly as the task got it."""
+    return ctx.deps
+
+
+class FlakyServiceError(Exception):
+    """An exception a retry_on list can name."""
+
+
+def raise_named(ctx: TaskContext) -> Any:
+    """Raise FlakyServiceError (or ValueError with config['other']) until attempt config['ok_on']."""
+    if ctx.attempt < ctx.config.get("ok_on", 99):
+        raise (ValueError if ctx.config.get("other") else FlakyServiceError)(f"attempt {ctx.attempt}")
+    return ctx.attempt
 
 
 def throttled(ctx: TaskContext) -> Any:
