@@ -11,7 +11,6 @@ import logging
 import os
 import queue
 import secrets
-import sqlite3
 import threading
 import time
 import warnings
@@ -30,6 +29,7 @@ from orchestrator.errors import (
     ConfigError,
     GroupNotFoundError,
     InvalidTaskError,
+    JournalError,
     OrchestratorClosedError,
     OrchestratorError,
     QueueFullError,
@@ -309,7 +309,9 @@ class ParallelOrchestrator:
             InvalidTaskError: the spec does not validate (the message names the field).
             UnknownTaskTypeError: no handler is registered for the spec's type.
             QueueFullError: ``task_queue_size`` tasks are already queued; nothing was queued.
+            JournalError: the journal cannot record it (a full or failing disk); nothing was queued.
             OrchestratorClosedError: after `shutdown`.
+            OrchestratorFailedError: after the supervisor failed (the message says why).
         """
         if self._state != "running":
             self._ensure_running()
@@ -434,9 +436,9 @@ class ParallelOrchestrator:
         if self._journal is not None:
             try:
                 self._journal.add([_journal_row(record) for record in records])
-            except sqlite3.Error as exc:
+            except JournalError:
                 self._unadmit(records)
-                raise OrchestratorError(f"the journal could not record the task: {exc}") from exc
+                raise
 
     def _unadmit(self, records: list[TaskRecord]) -> None:
         for record in records:
@@ -538,7 +540,7 @@ class ParallelOrchestrator:
         def run() -> T:
             outcome = operation(supervisor.schedules)
             if journal is not None:
-                journal.flush()
+                journal.flush(wait=False)  # into the intake log: the supervisor never waits on the disk
             return outcome
 
         return supervisor.call(run)

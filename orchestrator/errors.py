@@ -11,6 +11,7 @@
     ├── GroupNotFoundError     a group name no task was submitted with (also a KeyError)
     ├── PlanError              a plan rejected before anything was queued (also a ValueError)
     ├── ScheduleError          a bad run_at, delay, cron expression or schedule (also a ValueError)
+    ├── JournalError           the journal cannot record a task (a full or failing disk); nothing queued
     └── OrchestratorClosedError  submit after shutdown
         └── OrchestratorFailedError  submit after the supervisor failed (a bug of ours, logged CRITICAL)
 
@@ -39,6 +40,13 @@ class UnknownTaskTypeError(OrchestratorError, ValueError):
 
 class ScheduleError(OrchestratorError, ValueError):
     """A delayed or recurring task rejected before anything was queued; the message names the argument."""
+
+
+class JournalError(OrchestratorError):
+    """The journal could not record a submitted task (a full or failing disk): nothing was queued.
+
+    Tasks accepted before go on running, and their results stay readable in memory.
+    """
 
 
 class QueueFullError(OrchestratorError):

@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import msgpack
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import JournalError, OrchestratorError
 from orchestrator.models import TaskError, TaskResult, TaskStatus, task_seq
 from workers import protocol
 
@@ -75,6 +75,8 @@ _UPSERT_ROWS: Final = 2048
 MOVE_INTERVAL: Final = 0.05
 # Longest wait for a move that keeps failing (disk full) before a flush or close gives up on it.
 _MOVE_WAIT: Final = 30.0
+# Seconds between attempts to record changes that a full or failing disk refused.
+_RETRY_FULL: Final = 1.0
 # An intake file this full is moved at once, whatever the interval.
 _MOVE_BYTES: Final = 8 << 20
 # The kinds of intake entries.
@@ -175,6 +177,8 @@ class Journal:
         self._swapped_at = self.moved_at = time.monotonic()
         self._moves = 0
         self._closing = False
+        # The intake could not take the last changes (a full disk): they wait in ``_entries``.
+        self._failing = False
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -233,8 +237,14 @@ class Journal:
         """
         entries = [(_NEW, *row) for row in rows]
         payload = msgpack.packb(entries, use_bin_type=True)
-        with self._intake_lock:
-            self._intakes[self._active].append(payload, entries)
+        try:
+            with self._intake_lock:
+                self._intakes[self._active].append(payload, entries)
+        except OSError as exc:
+            raise JournalError(
+                f"the journal {self.path} cannot record the task ({exc.strerror or exc}); nothing was "
+                "queued. Tasks already accepted go on; free space and submit again"
+            ) from exc
 
     def withdraw(self, task_ids: list[str]) -> None:
         """Take back tasks `add` recorded whose submit was then refused (any thread)."""
@@ -294,9 +304,8 @@ class Journal:
         or to see the one in flight end), or None when nothing waits to be moved.
         """
         with self._changed:
-            if self._entries:
-                entries, self._entries = self._entries, []
-                self._intakes[self._active].append(msgpack.packb(entries, use_bin_type=True), entries)
+            if self._entries and not self._record_entries():
+                return None if wait else _RETRY_FULL
             if wait:
                 for _ in self._intakes:
                     self._wait_for_mover()
@@ -313,6 +322,28 @@ class Journal:
                 return wait_for
             self._start_move()
             return MOVE_INTERVAL
+
+    def _record_entries(self) -> bool:
+        """Append this wake-up's entries to the intake (called locked); on a full or failing disk
+        keep them for the next flush and say so once, until it works again."""
+        entries = self._entries
+        try:
+            self._intakes[self._active].append(msgpack.packb(entries, use_bin_type=True), entries)
+        except OSError as exc:
+            if not self._failing:
+                logger.error(
+                    "the journal %s cannot take changes (%s); they are kept in memory and written once "
+                    "it can, and new tasks are refused meanwhile",
+                    self.path,
+                    exc.strerror or exc,
+                )
+            self._failing = True
+            return False
+        if self._failing:
+            logger.warning("the journal %s takes changes again", self.path)
+        self._failing = False
+        self._entries = []
+        return True
 
     def _wait_for_mover(self) -> None:
         """Wait (locked) for the move in flight to end; a journal that keeps failing is given up
@@ -436,13 +467,15 @@ class _IntakeFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Kept open to reserve the space of every growth before the mapping covers it.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            size = max(os.fstat(fd).st_size, _INTAKE_SIZE)
-            os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+            size = max(os.fstat(self._fd).st_size, _INTAKE_SIZE)
+            os.posix_fallocate(self._fd, 0, size)
+            self._map = mmap.mmap(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.generation = _generation_of(self._map)
         self.entries: list[tuple[Any, ...]] = []
         self.size = _INTAKE_HEADER.size
@@ -452,11 +485,19 @@ class _IntakeFile:
         return intake_entries(self._map)
 
     def append(self, payload: bytes, entries: list[tuple[Any, ...]]) -> None:
-        """Append one record; its header goes last, so a record cut short is never read back."""
+        """Append one record; its header goes last, so a record cut short is never read back.
+
+        Raises:
+            OSError: the file could not grow (ENOSPC, EIO); nothing was written.
+        """
         start = self.size + _RECORD_HEADER.size
         end = start + len(payload)
         if end > len(self._map):
-            self._map.resize(max(end, 2 * len(self._map)))
+            # A store into a hole of a mapped file that the filesystem cannot back is a SIGBUS to
+            # the whole process: the space is reserved first, where a full disk is an error.
+            size = max(end, 2 * len(self._map))
+            os.posix_fallocate(self._fd, 0, size)
+            self._map.resize(size)
         self._map[start:end] = payload
         _RECORD_HEADER.pack_into(self._map, self.size, len(payload), zlib.crc32(payload), self.generation)
         self.size = end
@@ -471,6 +512,7 @@ class _IntakeFile:
 
     def close(self, remove: bool) -> None:
         self._map.close()
+        os.close(self._fd)
         if remove:
             self.path.unlink(missing_ok=True)
 

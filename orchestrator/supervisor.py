@@ -1808,7 +1808,7 @@ class Supervisor:
         self._closing = True
         Timers.cancel(self._schedule_timer)
         if keep_queued and self._journal is not None:
-            self._journal.flush()
+            self._journal.flush(wait=False)  # the rest moves at close, on the caller's thread
             self._journal = None  # what happens to open tasks from here on is not journaled
             self._on_shutdown_deadline()
             self._retire_unneeded_workers()
@@ -1867,7 +1867,7 @@ class Supervisor:
             if record.result is None:
                 self._fail(record, kind, message)
         if self._journal is not None:
-            self._journal.flush()
+            self._journal.flush(wait=False)  # the rest moves at close, on the caller's thread
         unlink_by_prefix(block_prefix(self._pool.block_namespace)[:-2])
         self._selector.close()
         with self._commands_lock:
