@@ -39,7 +39,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventBus
 from orchestrator.graph import status_counts
-from orchestrator.journal import Journal, JournalRow, journal_result, restore_result
+from orchestrator.journal import Journal, JournalRow, UnreadableRow, journal_result, restore_result
 from orchestrator.limits import CpuMeter
 from orchestrator.logs import enable_logging
 from orchestrator.metrics import Metrics
@@ -62,7 +62,7 @@ from orchestrator.scheduler import QueueSlots
 from orchestrator.schedules import Schedule, ScheduleRunner, aware_timestamp, delayed_until, interval_seconds
 from orchestrator.supervisor import Supervisor, TaskRecord
 from workers import protocol
-from workers.shm import BlockWriter, block_prefix
+from workers.shm import BlockWriter, block_prefix, unlink_by_prefix
 
 logger = logging.getLogger("orchestrator")
 
@@ -125,20 +125,18 @@ class ParallelOrchestrator:
             if self._state != "created":
                 raise OrchestratorClosedError("this orchestrator was shut down; create a new one")
             journal = Journal(self.config.journal_path) if self.config.journal_path else None
+            self._journal = journal
+            pool: ProcessPool | None = None
             try:
                 self._metrics = self._serve_metrics()
                 if self.config.control_socket:
                     self._control = ControlServer(self)
                     self._control.start()
                 pool, supervisor_config = self._start_pool(journal)
-            except OrchestratorError:
-                self._close_metrics()
-                self._close_control()
-                if journal is not None:
-                    journal.close()
+                recovered, final = self._recover(journal) if journal is not None else ([], [])
+            except BaseException:
+                self._undo_start(pool)
                 raise
-            self._journal = journal
-            recovered, final = self._recover(journal) if journal is not None else ([], [])
             self._supervisor = Supervisor(
                 supervisor_config,
                 self._tasks,
@@ -164,6 +162,21 @@ class ParallelOrchestrator:
             self._state = "running"
             _live.add(self)
         logger.info("orchestrator %r started (max_workers=%d)", self.config.name, self.config.max_workers)
+
+    def _undo_start(self, pool: ProcessPool | None) -> None:
+        """A start that failed part-way stops what it started, so that a retry finds nothing held
+        (the journal's lock, the control socket's name, the metrics port, helper processes)."""
+        self._close_metrics()
+        self._close_control()
+        self._control = self._metrics = None
+        if pool is not None:
+            pool.close()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self._tasks.clear()
+        self._recovered.clear()
+        unlink_by_prefix(block_prefix(self._block_namespace)[:-2])  # blocks of recovered configs
 
     def _serve_metrics(self) -> Metrics | None:
         """Bind /metrics first, so a port in use fails before any worker starts."""
@@ -559,7 +572,13 @@ class ParallelOrchestrator:
         interrupted: set[str] = set()
         for row in journal.rows():
             highest = max(highest, row.seq)
-            record = self._restore(row)
+            try:
+                if isinstance(row, UnreadableRow):
+                    raise ValueError(row.error)
+                record = self._restore(row)
+            except (OrchestratorError, ValueError, TypeError, KeyError) as exc:
+                final.append(self._quarantine(row, exc))
+                continue
             self._tasks[record.task_id] = record
             if row.status == "running":
                 interrupted.add(record.task_id)
@@ -574,8 +593,26 @@ class ParallelOrchestrator:
         journal.flush()
         return to_run, final
 
+    def _quarantine(self, row: JournalRow | UnreadableRow, error: Exception) -> TaskRecord:
+        """A row that does not decode ends as a failed task that says why, instead of failing recovery."""
+        logger.error(
+            "journal %s: task %s (row %d) cannot be read and is kept as failed: %s",
+            self.config.journal_path,
+            row.task_id,
+            row.seq,
+            error,
+        )
+        record = TaskRecord(row.task_id, row.seq, TaskSpec(type="(unreadable)"), "", b"")
+        self._tasks[record.task_id] = record
+        message = f"its journal row could not be read after a restart ({error})"
+        self._end_recovered(record, "interrupted", message)
+        return record
+
     def _restore(self, row: JournalRow) -> TaskRecord:
         spec = TaskSpec.model_validate({**row.spec, "config": protocol.unpack_payload(row.config)})
+        status = TaskStatus(row.status)
+        # Decoded before any block is made for the config, so a bad result leaves no block behind.
+        result = restore_result(row.task_id, status, row.attempts, row.result) if row.result else None
         handler = self._handlers.get(spec.type, "")
         blocks: list[str] = []
         packed = protocol.pack_payload(spec.config, self._blocks, blocks)
@@ -586,8 +623,8 @@ class ParallelOrchestrator:
         record.due = time.monotonic()
         record.run_at = row.not_before
         record.parent, record.detached = row.parent, row.detached
-        if row.result is not None:
-            _set_final(record, restore_result(row.task_id, TaskStatus(row.status), row.attempts, row.result))
+        if result is not None:
+            _set_final(record, result)
         elif not handler:
             message = f"UnknownTaskTypeError: no handler for {spec.type!r} any more"
             self._end_recovered(record, "exception", message)
@@ -601,9 +638,12 @@ class ParallelOrchestrator:
         now_mono, now_wall = time.monotonic(), time.time()
         restored = []
         for name, spec_json, config, state in journal.schedules():
-            fields = {**json.loads(spec_json), "config": protocol.unpack_payload(config)}
-            spec = TaskSpec.model_validate(fields)
-            restored.append(Schedule.from_json(name, spec, state, now_mono, now_wall))
+            try:
+                fields = {**json.loads(spec_json), "config": protocol.unpack_payload(config)}
+                spec = TaskSpec.model_validate(fields)
+                restored.append(Schedule.from_json(name, spec, state, now_mono, now_wall))
+            except (OrchestratorError, ValueError, TypeError, KeyError) as exc:
+                logger.error("journal %s: schedule %r is unreadable: %s", journal.path, name, exc)
         return restored
 
     def _end_recovered(

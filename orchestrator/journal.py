@@ -84,6 +84,7 @@ _NEW, _STATE, _FORGET, _SCHEDULE = 0, 1, 2, 3
 _INTAKE_MAGIC: Final = b"ORCHINT1"
 _INTAKE_HEADER: Final = struct.Struct("<8sQ")  # magic, generation
 _RECORD_HEADER: Final = struct.Struct("<IIQ")  # payload length, CRC-32 of the payload, generation
+_GENERATION_AT: Final = 8  # the generation's offset in a record header
 _INTAKE_SIZE: Final = 1 << 20
 # The supervisor checkpoints the WAL itself, every so many moves, so the WAL stays small.
 _CHECKPOINT_EVERY: Final = 16
@@ -129,6 +130,15 @@ _COLUMNS: Final = (
     "task_id, seq, spec, config, handler, plan, plan_refs, status, attempts, result, not_before, parent, "
     "detached"
 )
+
+
+@dataclass(frozen=True)
+class UnreadableRow:
+    """A task row that does not decode: recovery keeps it as a failed task saying why."""
+
+    task_id: str
+    seq: int
+    error: str
 
 
 @dataclass(frozen=True)
@@ -292,7 +302,8 @@ class Journal:
             found = self._db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE seq = ? AND task_id = ?", (seq, task_id)
             ).fetchone()
-        return _row(found) if found else None
+        row = _row(found) if found else None
+        return row if isinstance(row, JournalRow) else None
 
     def flush(self, *, wait: bool = True) -> float | None:
         """The supervisor's group commit: this wake-up's changes become one durable record; and
@@ -437,10 +448,17 @@ class Journal:
         if self._moves % _CHECKPOINT_EVERY == 0:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def rows(self) -> list[JournalRow]:
-        """Every task, in submission order."""
-        with self._write:
-            found = self._db.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY seq").fetchall()
+    def rows(self) -> list[JournalRow | UnreadableRow]:
+        """Every task, in submission order; a row that does not decode comes as an `UnreadableRow`.
+
+        Raises:
+            OrchestratorError: SQLite cannot read the table at all.
+        """
+        try:
+            with self._write:
+                found = self._db.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY seq").fetchall()
+        except sqlite3.Error as exc:
+            raise OrchestratorError(f"cannot read the tasks of the journal {self.path}: {exc}") from exc
         return [_row(r) for r in found]
 
     def close(self) -> None:
@@ -481,8 +499,23 @@ class _IntakeFile:
         self.size = _INTAKE_HEADER.size
 
     def saved_entries(self) -> list[tuple[Any, ...]]:
-        """The entries recorded since the file was last reset (by this or a dead host)."""
-        return intake_entries(self._map)
+        """The entries recorded since the file was last reset (by this or a dead host); damage is
+        logged, and the file is copied aside for a post-mortem before anything resets it."""
+        scan = scan_intake(self._map)
+        if scan.damaged:
+            kept = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            with kept.open("wb") as copy:
+                copy.write(self._map[:])
+            skipped = ", ".join(f"bytes {start}-{end}" for start, end in scan.damaged)
+            logger.error(
+                "the journal's intake %s is damaged: skipped %s (the records there are lost; the %d "
+                "entries around them are kept); a copy of the file is at %s",
+                self.path,
+                skipped,
+                len(scan.entries),
+                kept,
+            )
+        return scan.entries
 
     def append(self, payload: bytes, entries: list[tuple[Any, ...]]) -> None:
         """Append one record; its header goes last, so a record cut short is never read back.
@@ -518,26 +551,77 @@ class _IntakeFile:
 
 
 def intake_entries(buffer: bytes | mmap.mmap) -> list[tuple[Any, ...]]:
-    """The entries of an intake file's current generation, up to the first torn or stale record."""
+    """The entries of an intake file's current generation (past any damaged record)."""
+    return scan_intake(buffer).entries
+
+
+@dataclass(frozen=True)
+class IntakeScan:
+    """What an intake file holds: its entries, and the byte ranges skipped as damaged."""
+
+    entries: list[tuple[Any, ...]]
+    damaged: list[tuple[int, int]]
+
+
+def scan_intake(buffer: bytes | mmap.mmap) -> IntakeScan:
+    """Read the records of the file's current generation in order.
+
+    A record that does not check out (a flipped bit, a torn write) is skipped up to the next
+    record that does: its generation, a sane length and a matching CRC. A bad record with no good
+    one after it is the tail a crash cut short, the normal end; one followed by good records is
+    damage, and its range is reported.
+    """
+    entries: list[tuple[Any, ...]] = []
+    damaged: list[tuple[int, int]] = []
     if len(buffer) < _INTAKE_HEADER.size:
-        return []
+        return IntakeScan(entries, damaged)
     magic, generation = _INTAKE_HEADER.unpack_from(buffer, 0)
     if magic != _INTAKE_MAGIC:
-        return []
-    entries: list[tuple[Any, ...]] = []
+        return IntakeScan(entries, damaged)
     offset = _INTAKE_HEADER.size
     while offset + _RECORD_HEADER.size <= len(buffer):
-        length, crc, record_generation = _RECORD_HEADER.unpack_from(buffer, offset)
-        start = offset + _RECORD_HEADER.size
-        end = start + length
-        if record_generation != generation or length == 0 or end > len(buffer):
-            break
-        payload = buffer[start:end]
-        if zlib.crc32(payload) != crc:
-            break
-        entries.extend(tuple(entry) for entry in msgpack.unpackb(payload))
-        offset = end
-    return entries
+        record = _record_at(buffer, offset, generation)
+        if record is None:
+            following = _next_record(buffer, offset + 1, generation)
+            if following is None:
+                break
+            damaged.append((offset, following))
+            offset = following
+            continue
+        entries.extend(record[0])
+        offset = record[1]
+    return IntakeScan(entries, damaged)
+
+
+def _record_at(buffer: bytes | mmap.mmap, offset: int, generation: int) -> tuple[list[Any], int] | None:
+    """The entries of the record at ``offset`` and where the next one starts, if it checks out."""
+    length, crc, record_generation = _RECORD_HEADER.unpack_from(buffer, offset)
+    start = offset + _RECORD_HEADER.size
+    end = start + length
+    if record_generation != generation or length == 0 or end > len(buffer):
+        return None
+    payload = buffer[start:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        entries = msgpack.unpackb(payload)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    if not isinstance(entries, list) or not all(isinstance(entry, list) for entry in entries):
+        return None
+    return [tuple(entry) for entry in entries], end
+
+
+def _next_record(buffer: bytes | mmap.mmap, start: int, generation: int) -> int | None:
+    """The offset of the first good record at or after ``start`` (found by its generation field)."""
+    marker = struct.pack("<Q", generation)
+    at = start + _GENERATION_AT
+    while (at := buffer.find(marker, at)) >= 0:
+        offset = at - _GENERATION_AT
+        if offset >= start and _record_at(buffer, offset, generation) is not None:
+            return offset
+        at += 1
+    return None
 
 
 @functools.cache
@@ -552,9 +636,14 @@ def _seq_of(task_id: str) -> int:
     return int(task_id.rpartition("-")[2])
 
 
-def _row(r: tuple[Any, ...]) -> JournalRow:
-    refs = json.loads(r[6]) if r[6] else None
-    spec = json.loads(r[2])
+def _row(r: tuple[Any, ...]) -> JournalRow | UnreadableRow:
+    try:
+        refs = json.loads(r[6]) if r[6] else None
+        spec = json.loads(r[2])
+        if not isinstance(spec, dict) or not isinstance(r[3], bytes) or not isinstance(r[0], str):
+            raise TypeError("its spec, config or id column holds a value of the wrong type")
+    except (ValueError, TypeError) as exc:
+        return UnreadableRow(str(r[0]), r[1], f"{type(exc).__name__}: {exc}")
     return JournalRow(r[0], r[1], spec, r[3], r[4], r[5], refs, r[7], r[8], r[9], r[10], r[11], bool(r[12]))
 
 
