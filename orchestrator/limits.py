@@ -8,6 +8,7 @@ is skipped, never an error.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 
@@ -45,17 +46,33 @@ def cpu_seconds(pid: int | None) -> float | None:
     return float(times.user + times.system)
 
 
-def kill_process_tree(pid: int | None, sig: signal.Signals = signal.SIGKILL) -> None:
-    """Signal a worker and every process below it (SIGKILL by default), children first."""
+def process_tree(pid: int | None) -> list[psutil.Process]:
+    """A worker and every process below it, as of now (empty if the worker is gone)."""
     if pid is None:
-        return
+        return []
     try:
-        processes = _tree(pid)
+        return _tree(pid)
     except psutil.Error:
-        return
+        return []
+
+
+def signal_processes(processes: list[psutil.Process], sig: signal.Signals) -> None:
+    """Signal each process of a snapshot that still runs, children first; psutil checks that a pid
+    still names the process it named (a reused pid is left alone)."""
     for process in reversed(processes):
         with contextlib.suppress(psutil.Error):
             process.send_signal(sig)
+
+
+def kill_process_tree(pid: int | None, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal a worker and every process below it (SIGKILL by default), children first, and its
+    process group (a worker leads its own): that reaches what the tree no longer shows, such as a
+    child whose parent exited. Only for a worker not yet reaped, whose pid is still its own."""
+    if pid is None:
+        return
+    signal_processes(process_tree(pid), sig)
+    with contextlib.suppress(OSError):
+        os.killpg(pid, sig)
 
 
 class CpuMeter:

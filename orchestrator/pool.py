@@ -7,9 +7,12 @@ process; it is started with the ``workers`` package preloaded, so a new worker i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
+import select
 import signal
 import sys
 import threading
@@ -300,11 +303,70 @@ class _HelperLease:
             if multiprocessing.active_children():
                 return
             if self._started_forkserver and _forkserver_pid() is not None:
-                forkserver._forkserver._stop()  # type: ignore[attr-defined]
+                _stop_forkserver()
             if self._started_tracker and _tracker_pid() is not None:
-                resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+                _stop_tracker()
             self._started_forkserver = self._started_tracker = False
             logger.debug("stopped the multiprocessing helpers this orchestrator started")
+
+
+# The stdlib stops its helpers by closing their pipe and waiting for them without a limit: a
+# process a handler double-forked keeps a copy of that pipe, so the wait would last as long as it
+# does. These stops do the same steps, and kill a helper that has not ended after this long.
+HELPER_STOP_WAIT: Final = 1.0
+
+
+def _stop_forkserver() -> None:
+    server: Any = forkserver._forkserver
+    with server._lock:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+        _end_helper(server._forkserver_pid)
+        server._forkserver_pid = None
+        if not multiprocessing.util.is_abstract_socket_namespace(server._forkserver_address):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(server._forkserver_address)
+        server._forkserver_address = None
+
+
+def _stop_tracker() -> None:
+    tracker: Any = resource_tracker._resource_tracker
+    with tracker._lock:
+        if tracker._fd is None:
+            return
+        os.close(tracker._fd)
+        tracker._fd = None
+        _end_helper(tracker._pid)
+        tracker._pid = None
+
+
+def _end_helper(pid: int) -> None:
+    """Reap a helper asked to stop, killing it if it has not ended within `HELPER_STOP_WAIT`."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # no pidfd (an old kernel): the helper gets the same time, looked at less often
+        ended = _ended_within(pid, HELPER_STOP_WAIT)
+    else:
+        try:
+            ended = bool(select.select([pidfd], [], [], HELPER_STOP_WAIT)[0])
+        finally:
+            os.close(pidfd)
+    if not ended:
+        logger.warning("a multiprocessing helper (pid %d) did not stop; killing it", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _ended_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(ChildProcessError):  # reaped already
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+    return True
 
 
 def _forkserver_pid() -> int | None:

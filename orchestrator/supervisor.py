@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
+import psutil
+
 from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.durations import clamp_wait
 from orchestrator.errors import (
@@ -48,7 +50,7 @@ from orchestrator.errors import (
 from orchestrator.events import Callback, EventBus, call_each
 from orchestrator.graph import Collection, TaskGraph, status_counts
 from orchestrator.journal import Journal, journal_result
-from orchestrator.limits import cpu_seconds, tree_rss
+from orchestrator.limits import cpu_seconds, process_tree, signal_processes, tree_rss
 from orchestrator.logs import TaskRef, task_extra, task_logger
 from orchestrator.messaging import Broker
 from orchestrator.metrics import Metrics, WorkerReading
@@ -1383,10 +1385,18 @@ class Supervisor:
             Timers.cancel(worker.timer)
             worker.state = "stopping"
             worker.exit_reason = reason
+            tree = process_tree(worker.pid) if worker.local else []
             self._pool.kill(worker, signal.SIGTERM)
-            worker.timer = self._timers.schedule(
-                time.monotonic() + TERMINATE_GRACE, self._kill, worker, reason
+            # Not the worker's own timer: the worker may die of the SIGTERM (and be reaped, its
+            # timer cancelled) while a child of its handler that ignores SIGTERM lives on.
+            self._timers.schedule(
+                time.monotonic() + TERMINATE_GRACE, self._kill_leftovers, worker, reason, tree
             )
+
+    def _kill_leftovers(self, worker: WorkerHandle, reason: str, tree: list[psutil.Process]) -> None:
+        """SIGKILL what is left of the tree a SIGTERM went to, whether or not the worker died of it."""
+        signal_processes(tree, signal.SIGKILL)
+        self._kill(worker, reason)
 
     # ----------------------------------------------------------------- worker lifecycle
 

@@ -35,6 +35,7 @@ from workers.context import RateLimitError, TaskCancelled, TaskContext, TaskErro
 from workers.messaging import Link
 from workers.registry import resolve_handler
 from workers.shm import BlockReader, BlockWriter, block_prefix
+from workers.strays import StrayReaper
 
 STOP_SIGNAL: Final = signal.SIGUSR1
 _STOP_MASK: Final = {STOP_SIGNAL}
@@ -74,6 +75,10 @@ def worker_main(
     for fd in inherited_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+    # A group of its own: the host ends the worker and whatever its handlers started with one
+    # signal (a child that left the group, or a double-forked daemon, escapes by design).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
     _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, node).serve()
 
@@ -125,6 +130,7 @@ class _WorkerRuntime:
         self._blocks = blocks
         self._mapped: dict[str, BlockReader] = {}
         self._link = Link(self._send, self._pack)
+        self._strays = StrayReaper()
 
     def serve(self) -> None:
         """Run tasks until the host sends Shutdown; exit at once if the host dies."""
@@ -147,6 +153,7 @@ class _WorkerRuntime:
                 return
             else:
                 self._send(self._run_sync(*prepared, report_start))
+                self._strays.reap()
 
     def _read_host_messages(self) -> None:
         # Signals are for the main thread: a handler that blocks SIGTERM there is not overruled here.
@@ -389,6 +396,8 @@ class _WorkerRuntime:
             self._async_tasks.pop(ctx.task_id, None)
             self._finished(ctx)
         self._send(reply)
+        if not self._async_tasks:  # the processes of tasks still running are theirs
+            self._strays.reap()
 
     def _cancel_async(self, task_id: str) -> None:
         task = self._async_tasks.get(task_id)

@@ -48,6 +48,7 @@ HANDLERS = {
         "stubborn",
         "raw_deps",
         "raise_named",
+        "with_child",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -225,6 +226,42 @@ def deps(ctx: TaskContext) -> Any:
         for key, value in ctx.deps.items()
     }
     return {"name": ctx.description, "deps": seen, "config": ctx.config, "value": ctx.config.get("value")}
+
+
+def with_child(ctx: TaskContext) -> Any:
+    """Start a process that ignores SIGTERM (its pid goes to config['pidfile']), then: "return",
+    "wait" until stopped, "ignore_stop" (block every signal, as code stuck in C would),
+    "swallow_stop" (catch every stop and go on), or "daemon" (a double-forked process that leaves
+    its parent, then return)."""
+    import subprocess
+
+    mode = ctx.config["mode"]
+    pidfile = ctx.config["pidfile"]
+    if mode == "daemon":
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                Path(pidfile).write_text(str(os.getpid()))
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                time.sleep(60)
+            os._exit(0)
+        while not Path(pidfile).exists():
+            time.sleep(0.005)
+        return "daemon started"
+    subprocess.Popen(
+        ["sh", "-c", 'trap "" TERM; echo $$ > "$1.tmp"; mv "$1.tmp" "$1"; exec sleep 60', "sh", pidfile]
+    )
+    while not Path(pidfile).exists():
+        time.sleep(0.005)
+    if mode == "wait":
+        time.sleep(60)
+    elif mode == "ignore_stop":
+        ignore_stop(ctx)
+    elif mode == "swallow_stop":
+        while True:
+            with contextlib.suppress(BaseException):
+                time.sleep(60)
+    return "child started"
 
 
 def raw_deps(ctx: TaskContext) -> Any:
