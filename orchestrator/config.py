@@ -86,6 +86,13 @@ class OrchestratorConfig(_Checked):
         allow_inf_nan=False,
         description="seconds between checks of busy workers' memory and CPU time",
     )
+    worker_start_timeout: float = Field(
+        60.0,
+        gt=0,
+        strict=True,
+        allow_inf_nan=False,
+        description="seconds a new worker has to start; one that has not is killed, its tasks requeued",
+    )
     max_tasks_per_worker: int | None = Field(
         None, ge=1, strict=True, description="recycle a worker after this many tasks"
     )

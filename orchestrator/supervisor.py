@@ -732,7 +732,8 @@ class Supervisor:
         if record.holds_slot:
             record.holds_slot = False
             self._queue_slots.give()
-        Timers.cancel(worker.timer)
+        if worker.state != "starting":
+            Timers.cancel(worker.timer)  # its idle timer (a starting worker's is its start deadline)
         worker.type = spec.type
         worker.sent += 1
         msg.seq = worker.tasks[record.task_id] = worker.sent
@@ -820,6 +821,7 @@ class Supervisor:
         self._start_failures = 0
         if worker.state != "starting":
             return
+        Timers.cancel(worker.timer)  # its start deadline
         if worker.pending:
             worker.state = "busy"
             for msg in worker.pending:
@@ -1410,6 +1412,8 @@ class Supervisor:
             self._metrics.worker_spawned()
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "exit"))
+        deadline = time.monotonic() + self._config.worker_start_timeout
+        worker.timer = self._timers.schedule(deadline, self._on_start_timeout, worker)
         listeners = self._bus.listeners("worker_spawned")
         if listeners:
             event = assemble(
@@ -1421,6 +1425,19 @@ class Supervisor:
             )
             self._bus.post(None, call_each, listeners, event, "worker_spawned")
         return worker
+
+    def _on_start_timeout(self, worker: WorkerHandle) -> None:
+        """A worker that never said Hello (stuck in an import, or on a lock inherited by a fork) is
+        killed; the tasks it was given go back in line without using up an attempt."""
+        if worker.state != "starting" or worker.worker_id not in self._workers:
+            return
+        logger.warning(
+            "worker %d (pid %s) did not start within worker_start_timeout=%g s; killing it",
+            worker.worker_id,
+            worker.pid,
+            self._config.worker_start_timeout,
+        )
+        self._kill(worker, "start_timeout")
 
     def _replenish_workers(self) -> None:
         """Keep min_workers (all max_workers in a fixed pool) processes, untyped until used."""
@@ -1517,7 +1534,7 @@ class Supervisor:
         else:
             message = f"worker pid {worker.pid} died while running the task ({how})"
         for record in self._open_records(worker):
-            if _prefetched(record) and not never_started:
+            if _prefetched(record) and (not never_started or reason == "start_timeout"):
                 self._on_revoked(worker, record.task_id)  # it never ran: it simply goes back in line
             else:
                 self._fail(record, "worker_crashed", message)

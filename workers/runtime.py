@@ -27,6 +27,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
@@ -75,12 +76,22 @@ def worker_main(
     for fd in inherited_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+    _renew_inherited_locks()
     # A group of its own: the host ends the worker and whatever its handlers started with one
     # signal (a child that left the group, or a double-forked daemon, escapes by design).
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
     _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, node).serve()
+
+
+def _renew_inherited_locks() -> None:
+    """A worker forked (``start_method="fork"``) while another host thread held the resource
+    tracker's lock (creating a shared-memory block in ``submit_task``) would inherit it held, with no
+    thread left to release it, and hang in its first block. The worker is one thread here: a new
+    lock is safe."""
+    tracker: Any = resource_tracker._resource_tracker
+    tracker._lock = threading.RLock()
 
 
 class _WorkerRuntime:
