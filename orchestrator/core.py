@@ -197,7 +197,13 @@ class ParallelOrchestrator:
         config = self.config
         if config.backend == "local":
             private = (journal.lock_fd,) if journal is not None else ()
-            pool = WorkerPool(config.start_method, config.shm_threshold, self._block_namespace, private)
+            pool = WorkerPool(
+                config.start_method,
+                config.shm_threshold,
+                self._block_namespace,
+                private,
+                config.max_memory_mb,
+            )
             return pool, config
         from orchestrator.dask_backend import DaskPool
 

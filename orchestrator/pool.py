@@ -172,8 +172,10 @@ class WorkerPool:
         shm_threshold: int | None,
         block_namespace: str,
         private_fds: tuple[int, ...] = (),
+        max_memory_mb: float | None = None,
     ) -> None:
         check_not_reimported_main()
+        self._max_memory_mb = max_memory_mb
         self._start_method = start_method
         self._shm_threshold = shm_threshold
         self._block_namespace = block_namespace
@@ -206,7 +208,7 @@ class WorkerPool:
         process = self._context.Process(
             target=worker_main,
             args=(worker_end, worker_id, os.getpid(), inherited, self._shm_threshold, self._block_namespace),
-            kwargs={"task_conn": task_reader},
+            kwargs={"task_conn": task_reader, "max_memory_mb": self._max_memory_mb},
             name=f"orch-worker-{worker_id}",
         )
         process.start()

@@ -964,8 +964,13 @@ class Supervisor:
             else:
                 if msg.kind == "rate_limit":
                     self._throttle(record.spec.type)
+                elif msg.kind == "memory_limit" and self._metrics is not None:
+                    self._metrics.memory_limit_kill(worker.type)
                 self._fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type, msg.retry_after)
-        if msg.task_id in worker.tasks:
+        if isinstance(msg, protocol.TaskFailed) and msg.kind == "memory_limit":
+            # Its own cap stopped the handler; its memory is surely given back only with the process.
+            self._kill(worker, "memory_limit")
+        elif msg.task_id in worker.tasks:
             self._release(worker, msg.task_id)
             self._start_head(worker)
 

@@ -33,6 +33,7 @@ from typing import Any, Final, NoReturn
 
 from workers import protocol
 from workers.context import RateLimitError, TaskCancelled, TaskContext, TaskError, stop_exception
+from workers.memcap import cap_memory
 from workers.messaging import Link
 from workers.registry import resolve_handler
 from workers.shm import BlockReader, BlockWriter, block_prefix
@@ -58,6 +59,7 @@ def worker_main(
     block_namespace: str,
     node: str | None = None,
     task_conn: Connection | None = None,
+    max_memory_mb: float | None = None,
 ) -> None:
     """Entry point of a worker process: serve tasks from the host until told to stop.
 
@@ -72,6 +74,8 @@ def worker_main(
         node: the Dask worker whose node runs this process (named in handler import errors).
         task_conn: the read end of the pipe the host sends `RunTask` and `Shutdown` on (None:
             they come on ``conn``).
+        max_memory_mb: the host's memory limit of a worker, which the worker also enforces on
+            itself (see `workers.memcap`).
     """
     for fd in inherited_fds:
         with contextlib.suppress(OSError):
@@ -82,7 +86,7 @@ def worker_main(
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
-    _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, node).serve()
+    _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, node, max_memory_mb).serve()
 
 
 def _renew_inherited_locks() -> None:
@@ -111,8 +115,11 @@ class _WorkerRuntime:
         host_pid: int,
         blocks: BlockWriter | None,
         node: str | None,
+        max_memory_mb: float | None = None,
     ) -> None:
         self._conn = conn
+        self._max_memory_mb = max_memory_mb
+        self._memory_capped = False
         self._where = f" on {node}" if node else ""
         self._worker_id = worker_id
         self._host_pid = host_pid
@@ -151,6 +158,8 @@ class _WorkerRuntime:
         self._send(protocol.Hello(self._worker_id, os.getpid(), protocol.PROTOCOL_VERSION))
         reader = threading.Thread(target=self._read_host_messages, name="orch-reader", daemon=True)
         reader.start()
+        # After the worker's own threads started: their stacks are part of the baseline.
+        self._memory_capped = cap_memory(self._max_memory_mb) is not None
         while isinstance(msg := self._tasks.get(), protocol.RunTask):
             if not self._claim(msg):
                 continue
@@ -310,7 +319,7 @@ class _WorkerRuntime:
             # Packed before the task's blocks are unmapped: the result may be a view of one.
             return self._result_message(ctx, result)
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
-            return _classify(ctx, exc)
+            return self._classify(ctx, exc)
         finally:
             self._finished(ctx)
 
@@ -400,7 +409,7 @@ class _WorkerRuntime:
             reason = ctx.stop_reason or "cancelled"
             reply: protocol.Message = _failure(ctx.task_id, reason, stop_exception(reason))
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
-            reply = _classify(ctx, exc)
+            reply = self._classify(ctx, exc)
         else:
             reply = self._result_message(ctx, result)
         finally:
@@ -414,6 +423,11 @@ class _WorkerRuntime:
         task = self._async_tasks.get(task_id)
         if task is not None:
             task.cancel()
+
+    def _classify(self, ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
+        if isinstance(exc, MemoryError) and self._memory_capped:
+            return _over_cap(ctx.task_id, exc, self._max_memory_mb)
+        return _classify(ctx, exc)
 
     def _resolve(self, path: str) -> Callable[..., Any]:
         handler = self._handlers.get(path)
@@ -499,6 +513,15 @@ def _classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
         failure.retry_after = _seconds_or_none(exc.retry_after)
         return failure
     return _failure(ctx.task_id, "exception", exc)
+
+
+def _over_cap(task_id: str, exc: MemoryError, limit_mb: float | None) -> protocol.TaskFailed:
+    return _failure(
+        task_id,
+        "memory_limit",
+        exc,
+        prefix=f"worker pid {os.getpid()} reached its cap of max_memory_mb={limit_mb:g}, allocating: ",
+    )
 
 
 def _seconds_or_none(value: Any) -> float | None:

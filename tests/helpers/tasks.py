@@ -49,6 +49,7 @@ HANDLERS = {
         "raw_deps",
         "raise_named",
         "with_child",
+        "allocate_fast",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -180,6 +181,21 @@ def allocate(ctx: TaskContext) -> Any:
         block[offset] = 1
     time.sleep(60)
     return len(block)
+
+
+def allocate_fast(ctx: TaskContext) -> Any:
+    """Touch 10 MiB more at a time, up to config['mb'], as fast as it can; the worker's peak RSS
+    (VmHWM, bytes) goes to config['peak_file'] however it ends."""
+    chunks = []
+    try:
+        for _ in range(ctx.config["mb"] // 10):
+            chunks.append(b"\x01" * (10 * 2**20))
+        return len(chunks)
+    finally:
+        chunks.clear()
+        status = Path("/proc/self/status").read_text()
+        peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        Path(ctx.config["peak_file"]).write_text(str(peak_kib * 1024))
 
 
 def crash_once(ctx: TaskContext) -> Any:
