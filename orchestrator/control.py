@@ -154,6 +154,8 @@ class ControlServer:
                 self._serve_requests(connection)
             except (OSError, WireError):
                 pass
+            except Exception:  # a fault of ours ends this connection only, never the server
+                logger.exception("control connection failed")
             finally:
                 with self._lock:
                     self._connections.discard(connection)

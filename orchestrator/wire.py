@@ -71,7 +71,7 @@ def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
     assert body is not None
     try:
         message = msgpack.unpackb(body, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: a map with a list key
         raise WireError(f"frame is not msgpack: {exc}") from exc
     if not isinstance(message, dict):
         raise WireError(f"frame is a {type(message).__name__}, not a map")
