@@ -237,7 +237,9 @@ class Supervisor:
         self._blocks = blocks
         self._journal = journal
         self._journal_moved_at = 0.0
-        self._block_reader = BlockReader(copy=True)
+        # Blocks come only from this orchestrator's own processes (shared memory is off on Dask).
+        accepted = block_prefix(pool.block_namespace)[:-2] if blocks is not None else None
+        self._block_reader = BlockReader(copy=True, accept=accepted)
         self._ready = ReadyQueue()
         self._timers = Timers()
         self._workers: dict[int, WorkerHandle] = {}

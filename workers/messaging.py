@@ -165,9 +165,16 @@ class _Buffer:
 class Link:
     """One worker's requests to the host and the replies and messages that come back."""
 
-    def __init__(self, send: Callable[[protocol.Message], None], pack: Callable[[Any], bytes]) -> None:
+    def __init__(
+        self,
+        send: Callable[[protocol.Message], None],
+        pack: Callable[[Any], bytes],
+        accepted_blocks: str | None = None,
+    ) -> None:
         self._send = send
         self._pack = pack
+        # The prefix of the blocks a delivered message may name (None: it may name none).
+        self._accepted_blocks = accepted_blocks
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._calls: dict[int, _Pending] = {}
@@ -187,7 +194,9 @@ class Link:
     def on_deliver(self, msg: protocol.Deliver) -> None:
         """Put a message in its subscription's buffer, copied out of its block if it has one."""
         if msg.message_id:
-            data = protocol.unpack_payload(msg.data, BlockReader(copy=True, unlink=False))
+            data = protocol.unpack_payload(
+                msg.data, BlockReader(copy=True, accept=self._accepted_blocks, unlink=False)
+            )
             self._send(protocol.Received(msg.sub_id, msg.message_id))
         else:
             data = protocol.unpack_payload(msg.data)

@@ -60,9 +60,6 @@ def pack_payload(
 # Deepest nesting of lists and maps a payload may have: msgpack's packer stops at 511, and a walk
 # this deep (a frame per level) stays far from Python's recursion limit of 1,000 frames.
 MAX_PAYLOAD_DEPTH: Final = 256
-_SCALARS: Final = (str, bytes, bytearray, memoryview, float, bool, type(None))
-_KEYS: Final = (str, int)
-_SEQUENCES: Final = (list, tuple)
 
 
 # Exact types that always travel: the common leaves, checked without a call.
@@ -105,36 +102,50 @@ def _plainly_fits(value: Any, depth: int) -> bool:
 
 
 def _check_closely(value: Any, where: str, depth: int) -> None:
-    if isinstance(value, _SCALARS):
+    kind = type(value)
+    if kind in _LEAVES:
         return
-    if isinstance(value, int):
+    if kind is int:
         if not -(2**63) <= value < 2**64:
             raise PayloadError(f"not msgpack-serialisable: {where} is an integer beyond 64 bits")
         return
-    if depth >= MAX_PAYLOAD_DEPTH and isinstance(value, dict | list | tuple):
-        raise PayloadError(
-            f"not msgpack-serialisable: {where[:200]}... nests more than {MAX_PAYLOAD_DEPTH} levels deep"
-        )
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, _KEYS) or isinstance(key, bool):
-                raise PayloadError(
-                    f"not msgpack-serialisable: {where} has a key of type {type(key).__name__}"
-                )
-            if isinstance(key, int) and not -(2**63) <= key < 2**64:
-                raise PayloadError(f"not msgpack-serialisable: {where} has an integer key beyond 64 bits")
-            _check_closely(item, f"{where}[{key!r}]", depth + 1)
-        return
-    if isinstance(value, _SEQUENCES):
-        for index, item in enumerate(value):
-            _check_closely(item, f"{where}[{index}]", depth + 1)
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= MAX_PAYLOAD_DEPTH:
+            raise PayloadError(
+                f"not msgpack-serialisable: {where[:200]}... nests more than {MAX_PAYLOAD_DEPTH} levels deep"
+            )
+        if kind is dict:
+            _check_map(value, where, depth)
+        else:
+            for index, item in enumerate(value):
+                _check_closely(item, f"{where}[{index}]", depth + 1)
         return
     numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
+    if numpy is not None and kind is numpy.ndarray and value.dtype.kind in "biufc":
         return
-    raise PayloadError(
-        f"not msgpack-serialisable: {where} is a {type(value).__name__}; use dicts with str keys, "
-        "lists, str, bytes, int (64-bit), float, bool, None and NumPy arrays"
+    raise PayloadError(f"not msgpack-serialisable: {where} is {_what(value)}")
+
+
+def _check_map(value: dict[Any, Any], where: str, depth: int) -> None:
+    for key, item in value.items():
+        if type(key) is not str and type(key) is not int:
+            raise PayloadError(f"not msgpack-serialisable: {where} has a key that is {_what(key)}")
+        if type(key) is int and not -(2**63) <= key < 2**64:
+            raise PayloadError(f"not msgpack-serialisable: {where} has an integer key beyond 64 bits")
+        _check_closely(item, f"{where}[{key!r}]", depth + 1)
+
+
+def _what(value: Any) -> str:
+    """How a refused value is named: its type, and the plain type it subclasses, if one."""
+    kind = type(value)
+    plain = next((base for base in (*_LEAVES, int, dict, list, tuple) if isinstance(value, base)), None)
+    if plain is not None:
+        # A subclass can carry what the plain type cannot (msgpack.ExtType is a tuple: the
+        # library's own shared-memory references).
+        return f"a {kind.__name__}, a subclass of {plain.__name__}; use a plain {plain.__name__}"
+    return (
+        f"a {kind.__name__}; use dicts with str keys, lists, str, bytes, int (64-bit), float, bool, "
+        "None and NumPy arrays"
     )
 
 

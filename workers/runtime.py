@@ -86,7 +86,9 @@ def worker_main(
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
-    _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, node, max_memory_mb).serve()
+    # The blocks the host may name to this worker: its orchestrator's, and only with shared memory on.
+    accepted = block_prefix(block_namespace)[:-2] if shm_threshold else None
+    _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, accepted, node, max_memory_mb).serve()
 
 
 def _renew_inherited_locks() -> None:
@@ -114,6 +116,7 @@ class _WorkerRuntime:
         worker_id: int,
         host_pid: int,
         blocks: BlockWriter | None,
+        accepted_blocks: str | None,
         node: str | None,
         max_memory_mb: float | None = None,
     ) -> None:
@@ -147,7 +150,8 @@ class _WorkerRuntime:
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._blocks = blocks
         self._mapped: dict[str, BlockReader] = {}
-        self._link = Link(self._send, self._pack)
+        self._accepted_blocks = accepted_blocks
+        self._link = Link(self._send, self._pack, accepted_blocks)
         self._strays = StrayReaper()
 
     def serve(self) -> None:
@@ -258,7 +262,7 @@ class _WorkerRuntime:
 
     def _prepare(self, msg: protocol.RunTask) -> tuple[TaskContext, Callable[..., Any]] | protocol.TaskFailed:
         """Resolve the handler and build the context; a failure here is the task's error."""
-        mapped = BlockReader(copy=False)
+        mapped = BlockReader(copy=False, accept=self._accepted_blocks)
         try:
             handler = self._resolve(msg.handler)
             config = protocol.unpack_payload(msg.config, mapped)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import sys
 import threading
 from multiprocessing import shared_memory
@@ -25,6 +26,9 @@ from typing import Any, Final
 
 import msgpack
 
+# What may follow an orchestrator's prefix in a block name (no '/', no '.'), and the longest name.
+_NAME_TAIL: Final = re.compile(r"[A-Za-z0-9_]+")
+_MAX_NAME: Final = 200
 BYTES_BLOCK: Final = 1
 ARRAY_BLOCK: Final = 2
 INLINE_ARRAY: Final = 3  # a NumPy array small enough to travel on the pipe
@@ -124,9 +128,11 @@ def _copy_out(name: str, size: int, code: int, extra: list[Any]) -> Any:
     """A block's content copied into this process (``bytes`` or an array): through its file where
     there is one (Linux), without mapping it, so no page fault per page of the block."""
     try:
-        fd = os.open(os.path.join(SHM_DIRECTORY, name), os.O_RDONLY)
-    except OSError:
-        block = shared_memory.SharedMemory(name=name)
+        fd = _open_block_file(name, os.O_RDONLY)
+    except FileNotFoundError:
+        if os.path.isdir(SHM_DIRECTORY):
+            raise
+        block = shared_memory.SharedMemory(name=name)  # no /dev/shm: shm_open, which never follows a link
         try:
             assert block.buf is not None
             view = block.buf[:size]
@@ -168,10 +174,16 @@ class BlockReader:
     ``copy=True`` (the host): each block is copied out and unlinked at once (unless ``unlink`` is
     False: a worker copying a delivered message out of a block the host owns). ``copy=False``
     (a worker): each block is mapped read-only and kept open until `close`.
+
+    A reference names a block, and the peer that sent it may lie: only names that start with
+    ``accept`` (one orchestrator's prefix, see `block_prefix`) and hold nothing but letters, digits
+    and ``_`` are opened, never through a symlink. ``accept=None`` refuses every reference (a
+    remote peer, or shared memory off). A refused reference fails the unpack with `ValueError`.
     """
 
-    def __init__(self, copy: bool, unlink: bool = True) -> None:
+    def __init__(self, copy: bool, accept: str | None, unlink: bool = True) -> None:
         self._copy = copy
+        self._accept = accept
         self._unlink = unlink
         self._open: list[shared_memory.SharedMemory] = []
         self._views: list[memoryview] = []
@@ -210,7 +222,7 @@ class BlockReader:
         unlink = self._unlink
         if code == LENT_BLOCK:
             (code, *fields), unlink = fields, False
-        name, size, *extra = fields
+        name, size, *extra = _checked_reference(code, fields, self._accept)
         if self._copy:
             value = _copy_out(name, size, code, extra)
             if unlink:
@@ -226,6 +238,36 @@ class BlockReader:
         self._kept.append(handed)
         self.lent[id(handed)] = msgpack.ExtType(LENT_BLOCK, msgpack.packb([code, name, size, *extra]))
         return handed
+
+
+def _checked_reference(code: Any, fields: Any, accept: str | None) -> list[Any]:
+    """The fields of a block reference, if it names a block this orchestrator made."""
+    if accept is None:
+        raise ValueError("a shared-memory reference from a peer that may send none; refused")
+    if code not in (BYTES_BLOCK, ARRAY_BLOCK) or not isinstance(fields, list) or len(fields) < 2:
+        raise ValueError("a malformed shared-memory reference; refused")
+    name, size = fields[0], fields[1]
+    if not (
+        type(name) is str
+        and len(name) <= _MAX_NAME
+        and name.startswith(accept)
+        and _NAME_TAIL.fullmatch(name[len(accept) :])
+    ):
+        raise ValueError(
+            f"a shared-memory reference to {str(name)[:80]!r}, a block this orchestrator did not make"
+        )
+    if type(size) is not int or size < 0:
+        raise ValueError(f"a shared-memory reference of size {size!r}; refused")
+    return fields
+
+
+def _open_block_file(name: str, flags: int) -> int:
+    """Open a block's file in /dev/shm by a checked name, never following a symlink."""
+    directory = os.open(SHM_DIRECTORY, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    finally:
+        os.close(directory)
 
 
 # Blocks a handler kept a view of past its end: closing them would fail, and so would __del__.

@@ -28,3 +28,9 @@ def liar(ctx: TaskContext) -> Any:
                 frame = msgpack.packb([ctx.task_id if part == TASK_ID else part for part in frame])
             runtime._conn.send_bytes(frame)
     return "told"
+
+
+def forged_block(ctx: TaskContext) -> Any:
+    """Return a shared-memory reference naming config['name'] (config['code'], default bytes)."""
+    name = ctx.config["name"]
+    return {"stolen": msgpack.ExtType(ctx.config.get("code", 1), msgpack.packb([name, ctx.config["size"]]))}

@@ -54,6 +54,7 @@ HANDLERS = {
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
 HANDLERS["liar"] = "tests.helpers.hostile:liar"
+HANDLERS["forged_block"] = "tests.helpers.hostile:forged_block"
 HANDLERS.update(
     {
         name: f"tests.helpers.talk:{name}"

@@ -117,7 +117,7 @@ def test_a_buffer_a_worker_was_lent_goes_back_by_name_and_is_not_unlinked_by_the
     host_blocks: list[str] = []
     try:
         config = BlockWriter(f"orch_t{os.getpid()}_h_", 1024).pack({"blob": b"\x05" * 4096}, host_blocks)
-        worker_view = BlockReader(copy=False)
+        worker_view = BlockReader(copy=False, accept=f"orch_t{os.getpid()}_")
         blob = worker_view.unpack(config)["blob"]
         made: list[str] = []
         result = BlockWriter(f"orch_t{os.getpid()}_w_", 1024).pack(
@@ -125,7 +125,7 @@ def test_a_buffer_a_worker_was_lent_goes_back_by_name_and_is_not_unlinked_by_the
         )
         worker_view.close()
         assert len(made) == 1, "only the copy the handler made needs a block of its own"
-        assert BlockReader(copy=True).unpack(result) == [b"\x05" * 4096, b"\x05" * 4096]
+        assert BlockReader(copy=True, accept=f"orch_t{os.getpid()}_").unpack(result) == [b"\x05" * 4096] * 2
         assert os.path.exists(f"/dev/shm/{host_blocks[0]}"), "its owner unlinks a lent block, not the copy"
         assert not os.path.exists(f"/dev/shm/{made[0]}"), "a block made for the result goes once copied"
     finally:
@@ -144,7 +144,7 @@ def test_blocks_work_through_their_mappings_where_they_have_no_file(monkeypatch)
         blob = bytes(range(256)) * 64
         packed = BlockWriter(f"orch_t{os.getpid()}_m_", 1024).pack({"blob": blob}, made)
         assert len(made) == 1
-        assert BlockReader(copy=True).unpack(packed) == {"blob": blob}
+        assert BlockReader(copy=True, accept=f"orch_t{os.getpid()}_").unpack(packed) == {"blob": blob}
         assert not os.path.exists(f"/dev/shm/{made[0]}"), "copied out, then unlinked"
     finally:
         for name in made:
