@@ -106,11 +106,16 @@ def _journal_status(path: str, as_json: bool) -> None:
 
 def _snapshots(name: str | None) -> list[dict[str, Any]]:
     try:
-        live, stale = discover()
+        found = discover()
     except ClientError as exc:
         raise ConnectionProblem(str(exc)) from exc
-    for path in stale:
+    for path in found.stale:
         click.echo(f"removed a stale control socket: {path}", err=True)
+    for path in found.busy:
+        click.echo(f"busy (did not take a connection in time; a stopped host?): {path}", err=True)
+    live = found.live
+    if not live and found.busy:
+        raise ConnectionProblem("every orchestrator found is busy")
     if name is not None:
         live = [e for e in live if e.name == name]
         if not live:

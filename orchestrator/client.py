@@ -5,7 +5,6 @@ Light on purpose (standard library and msgpack only), since every ``orch`` comma
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import stat
@@ -15,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.wire import SOCKET_SUFFIX, WireError, recv_frame, runtime_dir, send_frame
+from orchestrator.wire import (
+    SOCKET_SUFFIX,
+    WireError,
+    recv_frame,
+    remove_stale_socket,
+    runtime_dir,
+    send_frame,
+)
 
 CONNECT_TIMEOUT = 5.0
 # struct ucred: pid, uid, gid.
@@ -64,6 +70,9 @@ class Endpoint:
         try:
             sock.connect(str(self.path))
             _check_server(sock, self.path)
+        except (TimeoutError, BlockingIOError) as exc:
+            sock.close()
+            raise ClientError(f"{self.name}: busy, it took no connection in {CONNECT_TIMEOUT:g} s") from exc
         except OSError as exc:
             sock.close()
             raise ClientError(f"{self.name}: cannot connect to {self.path}: {exc.strerror or exc}") from exc
@@ -122,34 +131,46 @@ def _read(sock: socket.socket) -> dict[str, Any] | None:
         raise ClientError(f"bad reply: {exc}") from exc
 
 
-def discover() -> tuple[list[Endpoint], list[Path]]:
-    """Live orchestrators in the runtime dir, and the stale sockets found (and removed).
+@dataclass(frozen=True)
+class Found:
+    """What the runtime dir holds: live orchestrators, stale sockets (found and removed), and
+    busy ones (a socket that did not take a connection in time: a stopped host, a full backlog)."""
+
+    live: list[Endpoint]
+    stale: list[Path]
+    busy: list[Path]
+
+
+def discover() -> Found:
+    """The orchestrators in the runtime dir; every connect is bounded by `CONNECT_TIMEOUT`.
 
     Raises:
         ClientError: the runtime dir is not this user's own (see `private_runtime_dir`), or a
             socket in it is served by another user.
     """
+    found = Found([], [], [])
     directory = private_runtime_dir()
-    live: list[Endpoint] = []
-    stale: list[Path] = []
     if directory is None:
-        return live, stale
+        return found
     for path in sorted(directory.glob(f"*{SOCKET_SUFFIX}")):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(CONNECT_TIMEOUT)
         try:
             probe.connect(str(path))
             _check_server(probe, path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            stale.append(path)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        except ConnectionRefusedError:
+            if remove_stale_socket(path):
+                found.stale.append(path)
+            continue
+        except (TimeoutError, BlockingIOError):  # no room in its backlog, or no answer in time
+            found.busy.append(path)
             continue
         except OSError:
             continue
         finally:
             probe.close()
-        live.append(Endpoint(_name_of(path), path))
-    return live, stale
+        found.live.append(Endpoint(_name_of(path), path))
+    return found
 
 
 def _name_of(path: Path) -> str:
@@ -162,12 +183,22 @@ def choose(name: str | None) -> Endpoint:
     Raises:
         ClientError: none running, no such name, or several running and no name given.
     """
-    live, _ = discover()
+    found = discover()
+    live = found.live
     if name is not None:
         for endpoint in live:
             if endpoint.name == name:
                 return endpoint
+        if any(_name_of(path) == name for path in found.busy):
+            raise ClientError(
+                f"orchestrator {name!r} is busy: it did not take a connection within {CONNECT_TIMEOUT:g} s"
+            )
         raise ClientError(f"no orchestrator named {name!r} is running in {runtime_dir()}")
+    if not live and found.busy:
+        names = ", ".join(_name_of(path) for path in found.busy)
+        raise ClientError(
+            f"busy: {names} did not take a connection within {CONNECT_TIMEOUT:g} s (a stopped host?)"
+        )
     if not live:
         raise ClientError(f"no orchestrator is running (no live control socket in {runtime_dir()})")
     if len(live) > 1:

@@ -17,6 +17,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from orchestrator.wire import (
     FrameTooLarge,
     WireError,
     recv_frame,
+    remove_stale_socket,
     runtime_dir,
     send_frame,
     socket_name,
@@ -39,7 +41,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IDLE_TIMEOUT: Final = 60.0  # a connection that sends nothing this long is closed
+IDLE_TIMEOUT: Final = 60.0  # a connection whose next request has not arrived whole by then is closed
+MAX_CONNECTIONS: Final = 64  # beyond, a connection gets one "busy" frame and is closed
+# Waits between accepts that failed for want of resources (EMFILE and the like).
+_ACCEPT_BACKOFF: Final = 0.05
+_ACCEPT_BACKOFF_MAX: Final = 1.0
+_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_PROBE_TIMEOUT: Final = 2.0  # a live server answers a connect at once; a stopped one may never
 MAX_TASKS_LISTED: Final = 10_000
 _WATCH_BACKLOG: Final = 10_000  # events queued for a slow watcher before the oldest are dropped
 _FINAL_EVENTS: Final = frozenset({"task_completed", "task_error", "task_cancelled"})
@@ -131,26 +139,46 @@ class ControlServer:
                 self.path.unlink()
 
     def _accept_loop(self) -> None:
+        """Accept until `close`: a transient failure (out of file descriptors, a connection aborted
+        before it was taken) is logged and waited out, never the end of serving."""
         assert self._listener is not None
+        backoff = _ACCEPT_BACKOFF
         while not self._closed.is_set():
             try:
                 connection, _ = self._listener.accept()
-            except OSError:
-                return
+            except OSError as exc:
+                if self._closed.is_set():
+                    return
+                if exc.errno in _RESOURCE_ERRORS:
+                    logger.warning(
+                        "control socket %s cannot accept (%s); retrying in %.2f s", self.path, exc, backoff
+                    )
+                    self._closed.wait(backoff)
+                    backoff = min(2 * backoff, _ACCEPT_BACKOFF_MAX)
+                continue
+            backoff = _ACCEPT_BACKOFF
             threading.Thread(
                 target=self._serve, args=(connection,), name="orch-control-conn", daemon=True
             ).start()
 
     def _serve(self, connection: socket.socket) -> None:
         with connection:
+            connection.settimeout(IDLE_TIMEOUT)
             if not _same_user(connection):
                 with contextlib.suppress(OSError, WireError):
                     send_frame(connection, {"ok": False, "error": "permission denied"})
                 return
             with self._lock:
-                self._connections.add(connection)
+                full = len(self._connections) >= MAX_CONNECTIONS
+                if not full:
+                    self._connections.add(connection)
+            if full:
+                with contextlib.suppress(OSError, WireError):
+                    send_frame(
+                        connection, {"ok": False, "error": f"busy: {MAX_CONNECTIONS} connections open"}
+                    )
+                return
             try:
-                connection.settimeout(IDLE_TIMEOUT)
                 self._serve_requests(connection)
             except (OSError, WireError):
                 pass
@@ -163,7 +191,8 @@ class ControlServer:
     def _serve_requests(self, connection: socket.socket) -> None:
         while not self._closed.is_set():
             try:
-                request = recv_frame(connection)
+                request = recv_frame(connection, deadline=time.monotonic() + IDLE_TIMEOUT)
+                connection.settimeout(IDLE_TIMEOUT)  # for the reply: a client that never reads
             except FrameTooLarge as exc:
                 send_frame(connection, {"ok": False, "error": str(exc)})
                 return
@@ -284,36 +313,53 @@ class ControlServer:
 
 
 def prepare_runtime_dir() -> Path:
-    """Create the runtime dir 0700 if needed; refuse one that belongs to another user."""
+    """Create the runtime dir 0700 if needed; refuse a symlink, or a directory of another user."""
     directory = runtime_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = directory.stat()
-    if info.st_uid != os.getuid():
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    advice = "set ORCH_RUNTIME_DIR to a directory of your own"
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
         raise OrchestratorError(
-            f"runtime dir {directory} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); "
-            "set ORCH_RUNTIME_DIR to a directory of your own"
-        )
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(directory, 0o700)
+            f"runtime dir {directory} is not a directory (a symlink?): {exc}; {advice}"
+        ) from exc
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid():
+            raise OrchestratorError(
+                f"runtime dir {directory} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); "
+                + advice
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return directory
 
 
 def _claim(path: Path) -> None:
-    """Make way for our socket: a live one is an error, a stale one is removed."""
-    if not path.exists():
+    """Make way for our socket: a live one is an error, a stale one of ours is removed, and
+    anything else in the way (a file, another user's socket) is an error, never removed."""
+    if not os.path.lexists(path):
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(_PROBE_TIMEOUT)
     try:
         probe.connect(str(path))
     except ConnectionRefusedError:
-        path.unlink(missing_ok=True)
-        logger.info("replaced the stale control socket %s", path)
+        if remove_stale_socket(path):
+            logger.info("replaced the stale control socket %s", path)
+            return
+        raise OrchestratorError(
+            f"{path} is in the way of the control socket and is not a socket of yours; "
+            "remove it, or choose another name"
+        ) from None
+    except FileNotFoundError:
         return
     except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTSOCK):
-            raise OrchestratorError(f"cannot use the control socket {path}: {exc}") from exc
-        path.unlink(missing_ok=True)
-        return
+        raise OrchestratorError(f"cannot use the control socket {path}: {exc}") from exc
     finally:
         probe.close()
     raise OrchestratorError(

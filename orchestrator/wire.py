@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import struct
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,20 +56,24 @@ def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(_HEADER.pack(len(body)) + body)
 
 
-def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+def recv_frame(sock: socket.socket, deadline: float | None = None) -> dict[str, Any] | None:
     """Receive one frame; None at a clean end of stream (before any byte of a frame).
+
+    With a ``deadline`` (monotonic), the whole frame must have arrived by then, however the peer
+    spreads its bytes; without one, the socket's own timeout applies to each read.
 
     Raises:
         FrameTooLarge: the frame announces more than the cap (its body is left unread).
         WireError: a truncated frame or a body that is not a msgpack map.
+        TimeoutError: the deadline passed first.
     """
-    header = _recv_exactly(sock, _HEADER.size, allow_eof=True)
+    header = _recv_exactly(sock, _HEADER.size, allow_eof=True, deadline=deadline)
     if header is None:
         return None
     (size,) = _HEADER.unpack(header)
     if size > MAX_FRAME:
         raise FrameTooLarge(f"frame of {size} bytes is over the {MAX_FRAME}-byte cap")
-    body = _recv_exactly(sock, size, allow_eof=False)
+    body = _recv_exactly(sock, size, allow_eof=False, deadline=deadline)
     assert body is not None
     try:
         message = msgpack.unpackb(body, raw=False)
@@ -78,9 +84,14 @@ def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
     return message
 
 
-def _recv_exactly(sock: socket.socket, size: int, allow_eof: bool) -> bytes | None:
+def _recv_exactly(sock: socket.socket, size: int, allow_eof: bool, deadline: float | None) -> bytes | None:
     chunks = bytearray()
     while len(chunks) < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive in time")
+            sock.settimeout(left)
         chunk = sock.recv(min(size - len(chunks), 1 << 20))
         if not chunk:
             if allow_eof and not chunks:
@@ -88,3 +99,16 @@ def _recv_exactly(sock: socket.socket, size: int, allow_eof: bool) -> bytes | No
             raise WireError(f"connection closed {len(chunks)} bytes into a {size}-byte read")
         chunks += chunk
     return bytes(chunks)
+
+
+def remove_stale_socket(path: Path) -> bool:
+    """Remove ``path`` if it is a socket of this user's (a stale one: nothing accepts on it); a
+    file of any other kind or owner is left alone. Returns whether it was removed."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+        return False
+    path.unlink(missing_ok=True)
+    return True
