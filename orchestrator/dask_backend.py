@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, Listener
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any, Final
 
 import msgpack
@@ -38,12 +40,14 @@ logger = logging.getLogger(__name__)
 EXTRA_HELP: Final = "backend='dask' needs the distributed package: pip install 'parallel-orchestrator[dask]'"
 _LOOPBACK: Final = ("127.0.0.1", "localhost", "::1")
 NODES_TTL: Final = 1.0
-
-
-def no_delay(conn: Connection) -> None:
-    """Send each message at once: a worker's replies are small, and Nagle would hold them back."""
-    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+# A node process has this long from its connect to its hello, authentication included.
+HANDSHAKE_TIMEOUT: Final = 10.0
+_MAX_HELLO: Final = 1 << 16
+_TIMEVAL: Final = struct.Struct("ll")
+# Waits between accepts that failed for want of resources (EMFILE and the like).
+_ACCEPT_BACKOFF: Final = 0.05
+_ACCEPT_BACKOFF_MAX: Final = 1.0
+_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def import_distributed() -> Any:
@@ -53,6 +57,30 @@ def import_distributed() -> Any:
     except ImportError:
         raise OrchestratorError(EXTRA_HELP) from None
     return distributed
+
+
+def _limit_waits(sock: socket.socket, seconds: float | None) -> None:
+    """Bound every blocking read and write of ``sock`` (None: unbounded), also through
+    ``multiprocessing.connection``, which reads the descriptor directly."""
+    whole = int(seconds or 0)
+    limit = _TIMEVAL.pack(whole, int(((seconds or 0) - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+
+
+def _hello(frame: bytes) -> tuple[str, int, int, dict[str, float]]:
+    """A node process's first message: its Dask worker's address, slot, pid and resources."""
+    node, index, pid, resources = msgpack.unpackb(frame, raw=False)
+    if not (
+        type(node) is str
+        and type(index) is int
+        and type(pid) is int
+        and pid > 0
+        and isinstance(resources, dict)
+        and all(type(k) is str and type(v) in (int, float) for k, v in resources.items())
+    ):
+        raise ValueError("a malformed hello")
+    return node, index, pid, {name: float(amount) for name, amount in resources.items()}
 
 
 @dataclass
@@ -116,15 +144,16 @@ class DaskPool:
         self._plugin_name = f"parallel-orchestrator-{block_namespace}"
         try:
             self._client = self._connect(distributed)
-            self._listener = Listener((self._callback_host(), 0), authkey=secrets.token_bytes(32))
+            self._authkey = secrets.token_bytes(32)
+            self._listener = socket.create_server((self._callback_host(), 0), backlog=128)
             self._acceptor = threading.Thread(target=self._accept_loop, name="orch-dask-accept", daemon=True)
             self._acceptor.start()
 
             from workers.node_plugin import NodePlugin, start_processes
 
             self._start_processes = start_processes
-            host, port = self._listener.address
-            plugin = NodePlugin(host, port, self._listener._authkey, config.timeout_grace)  # type: ignore[attr-defined]
+            host, port = self._listener.getsockname()[:2]
+            plugin = NodePlugin(host, port, self._authkey, config.timeout_grace)
             self._client.register_plugin(plugin, name=self._plugin_name)
             self._await_processes()
         except BaseException:
@@ -204,28 +233,60 @@ class DaskPool:
                 raise OrchestratorError(
                     f"no worker process connected back from the Dask cluster within "
                     f"{self._config.dask_connect_timeout:g} s; the nodes must reach this host at "
-                    f"{self._listener.address[0]} and import parallel-orchestrator"
+                    f"{self._listener.getsockname()[0]} and import parallel-orchestrator"
                 )
 
     def _accept_loop(self) -> None:
-        while True:
+        """Take connections until `close`; each is authenticated on a thread of its own, so a client
+        that sends nothing, or the wrong key, holds up nobody."""
+        backoff = _ACCEPT_BACKOFF
+        while not self._closing:
             try:
-                conn = self._listener.accept()
-                no_delay(conn)
-                node, index, pid, resources = msgpack.unpackb(conn.recv_bytes())
-            except (OSError, EOFError, ValueError) as exc:
+                sock, _ = self._listener.accept()
+            except OSError as exc:
                 if self._closing:
                     return
-                logger.warning("a connection from the Dask cluster failed: %s", exc)
+                if exc.errno in _RESOURCE_ERRORS:
+                    logger.warning(
+                        "the Dask callback listener cannot accept (%s); again in %.2f s", exc, backoff
+                    )
+                    time.sleep(backoff)
+                    backoff = min(2 * backoff, _ACCEPT_BACKOFF_MAX)
                 continue
-            arrival = _Arrival(conn, node, index, pid, resources)
-            with self._arrived:
-                self._arrivals.append(arrival)
-                if self._requested.get(node):
-                    self._requested[node].pop(0)
-                self._arrived.notify_all()
-            if self.on_arrival is not None:
-                self.on_arrival()
+            backoff = _ACCEPT_BACKOFF
+            threading.Thread(target=self._admit, args=(sock,), name="orch-dask-admit", daemon=True).start()
+
+    def _admit(self, sock: socket.socket) -> None:
+        """Authenticate one node process within `HANDSHAKE_TIMEOUT` and queue it as an arrival."""
+        address = sock.getpeername()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # replies are small: no Nagle
+            _limit_waits(sock, HANDSHAKE_TIMEOUT)
+            conn = Connection(sock.detach())
+        except OSError as exc:
+            sock.close()
+            logger.warning("a connection from %s to the Dask callback listener failed: %s", address, exc)
+            return
+        try:
+            deliver_challenge(conn, self._authkey)
+            answer_challenge(conn, self._authkey)
+            arrival = _Arrival(conn, *_hello(conn.recv_bytes(_MAX_HELLO)))
+            with socket.socket(fileno=os.dup(conn.fileno())) as own:
+                _limit_waits(own, None)  # from here the supervisor owns its timing
+        except Exception as exc:  # noqa: BLE001 - a stranger, a wrong key, garbage or silence: refused
+            conn.close()
+            logger.warning("refused a connection from %s to the Dask callback listener: %r", address, exc)
+            return
+        with self._arrived:
+            if self._closing:
+                conn.close()
+                return
+            self._arrivals.append(arrival)
+            if self._requested.get(arrival.node):
+                self._requested[arrival.node].pop(0)
+            self._arrived.notify_all()
+        if self.on_arrival is not None:
+            self.on_arrival()
 
     # ----------------------------------------------------------------- the pool interface
 
@@ -349,6 +410,8 @@ class DaskPool:
                 self._client.unregister_worker_plugin(self._plugin_name)
         listener = getattr(self, "_listener", None)
         if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop; closing alone does not
             listener.close()
         with self._arrived:
             for arrival in self._arrivals:

@@ -761,25 +761,32 @@ class Supervisor:
         A frame that is not a valid message, or a message whose handling fails, is that worker's
         fault: it is killed and its tasks end as crashed; the supervisor goes on.
         """
-        while worker.violation is None:
+        while True:
             try:
                 if until_empty and not worker.conn.poll(0):
                     return
                 frames = worker.frames.read()
             except (EOFError, OSError):
                 self._unwatch(worker.conn.fileno())
-                self._pool.connection_lost(worker)
+                self._pool.connection_lost(worker)  # a remote process's death is seen only here
                 return
             except protocol.ProtocolError as exc:
-                self._expel(worker, exc)
-                return
-            for frame in frames:
-                try:
-                    self._handle_message(worker, protocol.decode(frame))
-                except Exception as exc:  # noqa: BLE001 - contained to the worker that sent it
+                if worker.violation is None:
                     self._expel(worker, exc)
-                    return
+                self._unwatch(worker.conn.fileno())  # its framing is lost: nothing more can be read
+                self._pool.connection_lost(worker)
+                return
+            if worker.violation is None:  # an expelled worker's frames are read only to see its end
+                self._handle_frames(worker, frames)
             if not until_empty:
+                return
+
+    def _handle_frames(self, worker: WorkerHandle, frames: list[bytes]) -> None:
+        for frame in frames:
+            try:
+                self._handle_message(worker, protocol.decode(frame))
+            except Exception as exc:  # noqa: BLE001 - contained to the worker that sent it
+                self._expel(worker, exc)
                 return
 
     def _expel(self, worker: WorkerHandle, exc: Exception) -> None:

@@ -26,6 +26,8 @@ from distributed import WorkerPlugin
 
 # How long a request for a process waits for a slot whose process is still exiting.
 SLOT_WAIT: Final = 2.0
+# Where a process's slot number goes in its command line.
+_INDEX_ARG: Final = 6
 
 
 async def start_processes(name: str, count: int, dask_worker: Any = None) -> int:
@@ -68,13 +70,14 @@ class NodePlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         """Start one process per thread of the Dask worker."""
         resources = {str(name): float(amount) for name, amount in worker.state.total_resources.items()}
+        # The authkey goes on each process's stdin: a command line (and the environment) can be read
+        # by every local user of the node, in /proc.
         self._command = [
             sys.executable,
             "-m",
             "workers.remote",
             self._host,
             str(self._port),
-            self._authkey.hex(),
             worker.address,
             "",
             str(os.getpid()),
@@ -94,8 +97,15 @@ class NodePlugin(WorkerPlugin):
                 if self._stopping or started == count or (process is not None and process.poll() is None):
                     continue
                 command = [*self._command]
-                command[7] = str(index)
-                self._processes[index] = subprocess.Popen(command, env=self._env, start_new_session=True)
+                command[_INDEX_ARG] = str(index)
+                process = subprocess.Popen(
+                    command, env=self._env, stdin=subprocess.PIPE, start_new_session=True
+                )
+                assert process.stdin is not None
+                with contextlib.suppress(BrokenPipeError):  # it died at once: it is reaped as any other
+                    process.stdin.write(self._authkey.hex().encode() + b"\n")
+                process.stdin.close()
+                self._processes[index] = process
                 started += 1
         return started
 

@@ -2,7 +2,7 @@
 
 Started by `workers.node_plugin.NodePlugin`, never by hand::
 
-    python -m workers.remote HOST PORT AUTHKEY_HEX DASK_ADDRESS INDEX DASK_PID RESOURCES_JSON
+    python -m workers.remote HOST PORT DASK_ADDRESS INDEX DASK_PID RESOURCES_JSON  < AUTHKEY_HEX
 
 It connects back to the host over an authenticated connection and from then on speaks exactly
 the protocol of a local worker's pipe, so timeouts, cancellation, memory limits, crash handling
@@ -27,8 +27,9 @@ from workers.runtime import HOST_CHECK_INTERVAL, _process_alive, worker_main
 
 def main(argv: list[str]) -> None:
     """Connect to the host, wait to be taken into its pool, then serve it like a local worker."""
-    host, port, authkey, address, index, dask_pid, resources = argv
-    conn = Client((host, int(port)), authkey=bytes.fromhex(authkey))
+    host, port, address, index, dask_pid, resources = argv
+    authkey = bytes.fromhex(sys.stdin.readline().strip())  # never on the command line: /proc shows it
+    conn = Client((host, int(port)), authkey=authkey)
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:  # small replies go out at once (no Nagle)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.send_bytes(msgpack.packb([address, int(index), os.getpid(), json.loads(resources)]))

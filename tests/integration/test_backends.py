@@ -7,9 +7,11 @@ remote cluster would be. These tests are skipped only when ``distributed`` is no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -402,3 +404,77 @@ def test_metrics_count_on_both_backends(backend) -> None:
     assert value(samples, "orchestrator_tasks_failed_total", type="exit_hard", kind="worker_crashed") == 1
     assert value(samples, "orchestrator_worker_crashes_total", type="exit_hard") == 1
     assert labels_of(samples, "orchestrator_info")[0]["backend"] == orch.config.backend
+
+
+# ------------------------------------------------------------ the Dask boundary, tried as a hostile node
+
+
+def test_the_callback_authkey_is_on_no_command_line(make_orch, dask_cluster) -> None:
+    """Every local user of a node can read /proc/PID/cmdline; the key travels on stdin."""
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address)
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+    key = orch._supervisor._pool._authkey.hex()
+    seen = 0
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if "workers.remote" in cmdline:
+                seen += 1
+            assert key not in cmdline
+            assert key not in "".join(f"{k}={v}" for k, v in process.environ().items())
+    assert seen >= 4, "the node processes were found"
+
+
+def test_hostile_callers_do_not_keep_node_processes_out(make_orch, dask_cluster, recorder: Recorder) -> None:
+    """A silent client, a wrong key and garbage used to end (or block for ever) the accept loop."""
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address)
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+    address = orch._supervisor._pool._listener.getsockname()[:2]
+    silent = socket.create_connection(address)
+    garbage = socket.create_connection(address)
+    garbage.sendall(b"GET / HTTP/1.0\r\n\r\n" * 100)
+    with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+        Client(address, authkey=b"not the key")
+    try:
+        orch.on("worker_exited", recorder)
+        workers = orch.get_workers()
+        for worker in workers:  # every node process dies: each must be replaced
+            psutil.Process(worker.pid).kill()
+        recorder.wait_for(lambda events: len(events) == len(workers))
+        ids = [orch.submit_task({"type": "echo", "config": {"n": n}}) for n in range(8)]
+        assert all(orch.wait(task_id, DEADLOCK_TIMEOUT).success for task_id in ids)
+    finally:
+        silent.close()
+        garbage.close()
+
+
+@pytest.mark.parametrize(
+    ("frames", "why"),
+    [
+        ([[21, "lots", 1.0]], "Usage.rss is a str"),
+        ([[12, "$task", float("nan"), None, "x"]], "TaskProgress.completed is nan"),
+        ([[16, "$task"]], "did not ask back"),
+    ],
+    ids=["usage-str", "progress-nan", "revoked-unasked"],
+)
+def test_a_lying_node_process_is_expelled(make_orch, dask_cluster, frames, why) -> None:
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address)
+    result = orch.wait(orch.submit_task({"type": "liar", "config": {"frames": frames}}), DEADLOCK_TIMEOUT)
+    assert result.error is not None
+    assert result.error.kind == "worker_crashed"
+    assert why in result.error.message
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+
+
+def test_a_node_cannot_name_a_shared_memory_block(make_orch, dask_cluster) -> None:
+    """Shared memory is off on Dask: a block reference from a node is refused outright."""
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address)
+    name = f"orch_{orch._block_namespace}_h_0"
+    spec = {"type": "forged_block", "config": {"name": name, "size": 10}}
+    result = orch.wait(orch.submit_task(spec), DEADLOCK_TIMEOUT)
+    assert result.error is not None
+    assert result.error.kind == "serialization"
+    assert "may send none" in result.error.message
