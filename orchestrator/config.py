@@ -111,6 +111,10 @@ class OrchestratorConfig(_Checked):
     handlers: dict[str, str] = Field(
         default_factory=dict, description='extra task types: name -> "module:function"'
     )
+    trusted_targets: list[str] = Field(
+        default_factory=list,
+        description="module prefixes and executables that optimize and monitor configs may name",
+    )
     start_method: StartMethod = "forkserver"
     enable_logging: bool = Field(False, description="print the library's log records to stderr")
     log_format: Literal["text", "json"] = Field(
@@ -162,6 +166,16 @@ class OrchestratorConfig(_Checked):
             if not HANDLER_PATH.match(path):
                 raise ValueError(f"handler for {task_type!r} is {path!r}; expected 'module:function'")
         return handlers
+
+    @field_validator("trusted_targets")
+    @classmethod
+    def _check_trusted(cls, trusted: list[str]) -> list[str]:
+        for entry in trusted:
+            if not entry.strip() or entry != entry.strip():
+                raise ValueError(
+                    f"trusted_targets holds {entry!r}; expected a module prefix or an executable"
+                )
+        return trusted
 
     @field_validator("worker_type_limits", "worker_concurrency")
     @classmethod

@@ -78,7 +78,9 @@ def run_demo(workers: int, console: Console | None = None) -> int:
         )
         results: dict[str, TaskResult] = {}
         started = time.perf_counter()
-        with progress, ParallelOrchestrator(max_workers=workers, idle_timeout=5.0) as orch:
+        # The optimize tasks run the demo's own objectives as commands of this interpreter.
+        trusted = [sys.executable]
+        with progress, ParallelOrchestrator(max_workers=workers, idle_timeout=5.0, trusted_targets=trusted) as orch:
             rows = {}
             for spec in specs:
                 label = f"{spec['type']}: {spec['description']}"

@@ -78,6 +78,7 @@ from orchestrator.plans import PlanError, substitute
 from orchestrator.pool import ProcessPool, WorkerHandle, exit_reason_of
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
+from orchestrator.trust import untrusted_target
 from workers import protocol
 from workers.shm import BlockReader, BlockWriter, block_prefix, unlink_block, unlink_by_prefix
 
@@ -586,6 +587,7 @@ class Supervisor:
         """
         spec = record.spec
         config, deps = record.packed_config, _EMPTY_DEPS
+        substituted: dict[str, Any] | None = None
         if record.dep_ids:
             results: dict[str, Any] = {}
             errors: dict[str, Any] = {}
@@ -599,10 +601,17 @@ class Supervisor:
             deps = protocol.pack_payload([results, errors], self._blocks, self._blocks_of(record))
             if record.plan_refs:
                 try:
-                    config = self._substituted_config(record, results, errors)
+                    substituted = self._substituted_config(record, results, errors)
+                    config = protocol.pack_payload(substituted, self._blocks, self._blocks_of(record))
                 except (PlanError, protocol.PayloadError) as exc:
                     self._fail(record, "dependency_failed", str(exc))
                     return None
+        refused = untrusted_target(
+            record.handler, spec.config if substituted is None else substituted, self._config.trusted_targets
+        )
+        if refused is not None:
+            self._fail(record, "exception", refused, exception_type="PermissionError")
+            return None
         return protocol.RunTask(
             record.task_id,
             spec.type,
@@ -614,18 +623,15 @@ class Supervisor:
             spec.group,
         )
 
-    def _substituted_config(
-        self, record: TaskRecord, results: dict[str, Any], errors: dict[str, Any]
-    ) -> bytes:
+    @staticmethod
+    def _substituted_config(record: TaskRecord, results: dict[str, Any], errors: dict[str, Any]) -> Any:
         refs = record.plan_refs or {}
 
         def lookup(plan_id: str) -> Any:
             task_id = refs[plan_id]
             return results[task_id] if task_id in results else errors.get(task_id)
 
-        return protocol.pack_payload(
-            substitute(record.spec.config, lookup), self._blocks, self._blocks_of(record)
-        )
+        return substitute(record.spec.config, lookup)
 
     @staticmethod
     def _blocks_of(record: TaskRecord) -> list[str]:

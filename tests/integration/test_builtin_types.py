@@ -18,6 +18,9 @@ import pytest
 from orchestrator import TaskStatus
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder
 
+# What the tests' optimize and monitor configs name (`trusted_targets` refuses anything else).
+TRUSTED = ["tests.helpers", "m", sys.executable]
+
 
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
@@ -64,7 +67,7 @@ def test_monitor_reports_files_created_during_the_run(make_orch, tmp_path: Path,
 
 
 def test_monitor_system_process_and_command(make_orch, tmp_path: Path) -> None:
-    orch = make_orch()
+    orch = make_orch(trusted_targets=TRUSTED)
     gone = 2**22 + 12345  # beyond pid_max defaults: never a live process
     targets = [
         {"kind": "system"},
@@ -198,7 +201,7 @@ def test_learn_builds_an_idempotent_store(make_orch, tmp_path: Path) -> None:
 
 
 def test_optimize_approaches_a_known_minimum_deterministically(make_orch, recorder: Recorder) -> None:
-    orch = make_orch(handlers={})
+    orch = make_orch(handlers={}, trusted_targets=TRUSTED)
     orch.on("task_partial", recorder)
     config = {"target": "tests.helpers.objectives:bowl", "space": {"x": [-10.0, 10.0], "y": [-10.0, 10.0]},
               "iterations": 80, "seed": 3}  # fmt: skip
@@ -221,7 +224,7 @@ def test_optimize_approaches_a_known_minimum_deterministically(make_orch, record
 def test_optimize_maximizes_over_ints_and_choices_with_a_baseline(make_orch) -> None:
     config = {"target": "tests.helpers.objectives:pick", "space": {"n": [0, 20], "mode": ["a", "b", "c"]},
               "iterations": 60, "goal": "maximize", "baseline_params": {"n": 0, "mode": "a"}}  # fmt: skip
-    data = run(make_orch(), {"type": "optimize", "config": config}).data
+    data = run(make_orch(trusted_targets=TRUSTED), {"type": "optimize", "config": config}).data
     assert data["history"][0]["params"] == {"n": 0, "mode": "a"}
     assert data["best_value"] == 10
     assert data["best_params"] == {"n": 7, "mode": "b"}
@@ -232,10 +235,10 @@ def test_optimize_maximizes_over_ints_and_choices_with_a_baseline(make_orch) -> 
 def test_optimize_a_command_target(make_orch) -> None:
     command = [sys.executable, "-c", "print('value:', (float('{x}') - 2) ** 2)"]
     config = {"target": {"command": command}, "space": {"x": [0.0, 4.0]}, "iterations": 15}
-    data = run(make_orch(), {"type": "optimize", "config": config}).data
+    data = run(make_orch(trusted_targets=TRUSTED), {"type": "optimize", "config": config}).data
     assert data["best_value"] < 0.5
     failing = {"target": {"command": [sys.executable, "-c", "raise SystemExit(2)"]}, "space": {"x": [0, 1]}}
-    result = run(make_orch(), {"type": "optimize", "config": failing})
+    result = run(make_orch(trusted_targets=TRUSTED), {"type": "optimize", "config": failing})
     assert result.error.kind == "exception"
     assert sys.executable in result.error.message
 
@@ -310,7 +313,7 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize(("task_type", "config", "key"), BAD_CONFIGS)
 def test_bad_config_names_the_key(make_orch, task_type: str, config: dict, key: str) -> None:
-    orch = make_orch(max_workers=1)
+    orch = make_orch(max_workers=1, trusted_targets=TRUSTED)
     result = run(orch, {"type": task_type, "config": config})
     assert result.error.kind == "exception"
     assert result.error.exception_type == "ValueError"
