@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestrator.config import OrchestratorConfig
 from orchestrator.core import ParallelOrchestrator
 from orchestrator.models import TaskResult
 
@@ -79,8 +80,8 @@ def run_demo(workers: int, console: Console | None = None) -> int:
         results: dict[str, TaskResult] = {}
         started = time.perf_counter()
         # The optimize tasks run the demo's own objectives as commands of this interpreter.
-        trusted = [sys.executable]
-        with progress, ParallelOrchestrator(max_workers=workers, idle_timeout=5.0, trusted_targets=trusted) as orch:
+        config = OrchestratorConfig(max_workers=workers, idle_timeout=5.0, trusted_targets=[sys.executable])
+        with progress, ParallelOrchestrator(config) as orch:
             rows = {}
             for spec in specs:
                 label = f"{spec['type']}: {spec['description']}"
