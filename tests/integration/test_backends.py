@@ -478,3 +478,27 @@ def test_a_node_cannot_name_a_shared_memory_block(make_orch, dask_cluster) -> No
     assert result.error is not None
     assert result.error.kind == "serialization"
     assert "may send none" in result.error.message
+
+
+def test_fuzzed_messages_from_dask_nodes_never_end_the_supervisor(make_orch, dask_cluster) -> None:
+    """The lies of the hostile suite, told by processes on Dask nodes (fewer: each may cost a node
+    process, which its Dask worker then starts again)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.hostile.test_lying_workers import worker_frames
+
+    orch = make_orch(backend="dask", dask_address=dask_cluster.scheduler_address)
+
+    @settings(
+        max_examples=max(100, settings().max_examples // 10), suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(frames=st.lists(worker_frames(), min_size=1, max_size=2))
+    def lie(frames: list[list[object]]) -> None:
+        flat = [frame for group in frames for frame in group]
+        result = orch.wait(orch.submit_task({"type": "liar", "config": {"frames": flat}}), DEADLOCK_TIMEOUT)
+        assert result.status in (TaskStatus.COMPLETED, TaskStatus.ERROR)
+        assert orch.get_status().state == "running"
+
+    lie()
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
