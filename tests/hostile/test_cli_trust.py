@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.wire import SOCKET_SUFFIX
+from tests.helpers.control import own_runtime_dir
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -24,10 +25,7 @@ NOBODY = 65534
 
 @pytest.fixture
 def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "run"
-    directory.mkdir(mode=0o700)
-    monkeypatch.setenv("ORCH_RUNTIME_DIR", str(directory))
-    return directory
+    return own_runtime_dir(tmp_path, monkeypatch)
 
 
 def run(*args: str) -> tuple[int, str]:

@@ -19,6 +19,7 @@ from orchestrator import OrchestratorError, ParallelOrchestrator, client, contro
 from orchestrator.cli import main
 from orchestrator.wire import SOCKET_SUFFIX, recv_frame, send_frame
 from tests.conftest import DEADLOCK_TIMEOUT
+from tests.helpers.control import connect, own_runtime_dir
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,17 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "run"
-    directory.mkdir(mode=0o700)
-    monkeypatch.setenv("ORCH_RUNTIME_DIR", str(directory))
-    return directory
-
-
-def connect(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(DEADLOCK_TIMEOUT)
-    sock.connect(str(path))
-    return sock
+    return own_runtime_dir(tmp_path, monkeypatch)
 
 
 def ask(sock: socket.socket, request: dict[str, object]) -> dict[str, object]:

@@ -24,6 +24,7 @@ from orchestrator import OrchestratorError, ParallelOrchestrator
 from orchestrator.cli import main
 from orchestrator.wire import recv_frame, send_frame
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
+from tests.helpers.control import connect
 from tests.helpers.tasks import HANDLERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,13 +35,6 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "run"
     monkeypatch.setenv("ORCH_RUNTIME_DIR", str(directory))
     return directory
-
-
-def connect(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(DEADLOCK_TIMEOUT)
-    sock.connect(str(path))
-    return sock
 
 
 def ask(path: Path, request: dict) -> dict:
