@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -446,31 +446,32 @@ class Supervisor:
 
     def _execute(self, item: Callable[[], None] | TaskRecord) -> None:
         if isinstance(item, TaskRecord):
-            with self._contained("accepting it", item):
+            try:
                 self._accept_one(item)
+            except Exception as exc:  # noqa: BLE001 - contained to that task
+                self._contain(exc, "accepting it", item)
         else:
             item()
 
     def _fire_due_timers(self) -> None:
         for timer in self._timers.pop_due(time.monotonic()):
-            about = next((arg for arg in timer.args if isinstance(arg, TaskRecord | WorkerHandle)), None)
-            with self._contained(f"its timer ({getattr(timer.action, '__name__', 'timer')})", about):
+            try:
                 timer.action(*timer.args)
+            except Exception as exc:  # noqa: BLE001 - contained to its task or worker, if it has one
+                about = next((arg for arg in timer.args if isinstance(arg, TaskRecord | WorkerHandle)), None)
+                self._contain(exc, f"its timer ({getattr(timer.action, '__name__', 'timer')})", about)
 
-    @contextlib.contextmanager
-    def _contained(self, doing: str, about: TaskRecord | WorkerHandle | None) -> Iterator[None]:
+    def _contain(self, exc: Exception, doing: str, about: TaskRecord | WorkerHandle | None) -> None:
         """A fault while handling one task or one worker ends that task (or kills that worker), not
-        the supervisor. A fault about neither is the supervisor's own, and ends it loudly."""
-        try:
-            yield
-        except Exception as exc:
-            if about is None:
-                raise
-            logger.error("internal error while %s: %s", doing, exc, exc_info=True)
-            if isinstance(about, WorkerHandle):
-                self._expel(about, exc)
-            elif about.result is None:
-                self._fail(about, "interrupted", f"the orchestrator failed while {doing}: {exc!r}")
+        the supervisor. A fault about neither is the supervisor's own: it is raised again, and ends
+        the loop loudly."""
+        if about is None:
+            raise exc
+        logger.error("internal error while %s: %s", doing, exc, exc_info=exc)
+        if isinstance(about, WorkerHandle):
+            self._expel(about, exc)
+        elif about.result is None:
+            self._fail(about, "interrupted", f"the orchestrator failed while {doing}: {exc!r}")
 
     # ----------------------------------------------------------------- accepting work
 
