@@ -6,6 +6,7 @@ default. Validation happens here, at the boundary; nothing past `submit_task` va
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, ClassVar, Final, Literal
 
@@ -115,6 +116,12 @@ class OrchestratorConfig(_Checked):
         default_factory=list,
         description="module prefixes and executables that optimize and monitor configs may name",
     )
+    research_roots: list[str] | None = Field(
+        None, description="folders research tasks may read (absolute, real paths; None: any)"
+    )
+    research_hosts: list[str] | None = Field(
+        None, description="URL hosts (name or name:port) research tasks may fetch from (None: any)"
+    )
     start_method: StartMethod = "forkserver"
     enable_logging: bool = Field(False, description="print the library's log records to stderr")
     log_format: Literal["text", "json"] = Field(
@@ -176,6 +183,22 @@ class OrchestratorConfig(_Checked):
                     f"trusted_targets holds {entry!r}; expected a module prefix or an executable"
                 )
         return trusted
+
+    @field_validator("research_roots")
+    @classmethod
+    def _check_roots(cls, roots: list[str] | None) -> list[str] | None:
+        for root in roots or ():
+            if not os.path.isabs(root):
+                raise ValueError(f"research_roots holds {root!r}; expected an absolute path")
+        return roots
+
+    @field_validator("research_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str] | None) -> list[str] | None:
+        for host in hosts or ():
+            if not host or "/" in host or host != host.strip():
+                raise ValueError(f"research_hosts holds {host!r}; expected a host name or host:port")
+        return hosts
 
     @field_validator("worker_type_limits", "worker_concurrency")
     @classmethod

@@ -78,7 +78,7 @@ from orchestrator.plans import PlanError, substitute
 from orchestrator.pool import ProcessPool, WorkerHandle, exit_reason_of
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
-from orchestrator.trust import untrusted_target
+from orchestrator.trust import Refused, vetted_config
 from workers import protocol
 from workers.shm import BlockReader, BlockWriter, block_prefix, unlink_block, unlink_by_prefix
 
@@ -607,11 +607,14 @@ class Supervisor:
                 except (PlanError, protocol.PayloadError) as exc:
                     self._fail(record, "dependency_failed", str(exc))
                     return None
-        refused = untrusted_target(
-            record.handler, spec.config if substituted is None else substituted, self._config.trusted_targets
-        )
-        if refused is not None:
-            self._fail(record, "exception", refused, exception_type="PermissionError")
+        try:
+            vetted = vetted_config(
+                record.handler, spec.config if substituted is None else substituted, self._config
+            )
+            if vetted is not None:
+                config = protocol.pack_payload(vetted, self._blocks, self._blocks_of(record))
+        except Refused as exc:
+            self._fail(record, "exception", str(exc), exception_type="PermissionError")
             return None
         return protocol.RunTask(
             record.task_id,

@@ -39,3 +39,11 @@ def count(config: dict[str, Any], key: str, default: int | None) -> int | None:
     if value is not None and value < 1:
         raise ValueError(f"config key {key!r} must be >= 1, not {value!r}")
     return value  # type: ignore[no-any-return]
+
+
+def strings(config: dict[str, Any], key: str) -> list[str] | None:
+    """A list of non-empty strings under ``key``, or None when absent."""
+    value = option(config, key, list, None)
+    if value is not None and not all(isinstance(item, str) and item for item in value):
+        raise ValueError(f"config key {key!r} must be a list of non-empty str, not {value!r:.60}")
+    return value  # type: ignore[no-any-return]

@@ -2,8 +2,10 @@
 
 Config: ``topic``; ``sources`` (files, folders walked recursively without dot-files, globs,
 ``file://`` and ``http(s)://`` URLs); ``max_results`` (10); ``max_bytes_per_source`` (1 MB; longer
-sources are truncated). Text, Markdown, HTML (tags stripped) and JSON are read; binary files and
-sources that fail to read are listed in ``errors``, never fatal.
+sources are truncated); ``allowed_roots`` and ``allowed_hosts`` (optional: the folders it may read
+and the URL hosts it may fetch from; absent, anything the worker's user can reach). Text, Markdown,
+HTML (tags stripped) and JSON are read; binary files, sources that fail to read and sources outside
+the allowed ones are listed in ``errors``, never fatal.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import json
 import math
 import os
 import re
+import stat
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlparse
 
 from workers.context import TaskContext
-from workers.options import count, option
+from workers.options import count, option, strings
 
 FETCH_TIMEOUT = 10.0
 _WINDOW_WORDS = 120  # a long paragraph is cut into windows of this many words
@@ -49,6 +52,82 @@ class _Passage:
     terms: Counter[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where one run may read: folders (real paths) and URL hosts; None is anywhere.
+
+    A file is checked by the real path of the descriptor it was opened on, so no symlink, ``..``
+    or rename between the check and the read leads outside; a URL is checked again at every
+    redirect.
+    """
+
+    roots: tuple[str, ...] | None = None
+    hosts: frozenset[str] | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Scope:
+        """The scope a config's ``allowed_roots`` and ``allowed_hosts`` describe.
+
+        Raises:
+            ValueError: a root that is not an absolute path to a real folder (no symlink on the
+                way), or a host that is not ``name`` or ``name:port``.
+        """
+        roots = strings(config, "allowed_roots")
+        hosts = strings(config, "allowed_hosts")
+        return cls(
+            None if roots is None else tuple(_real_root(root) for root in roots),
+            None if hosts is None else frozenset(_host_entry(host) for host in hosts),
+        )
+
+    def admits_path(self, real_path: str) -> bool:
+        """Whether a resolved path lies in (or is) one of the roots."""
+        if self.roots is None:
+            return True
+        return any(real_path == root or real_path.startswith(root.rstrip("/") + "/") for root in self.roots)
+
+    def check_path(self, real_path: str) -> None:
+        """Raise `PermissionError` when a resolved path is outside the roots."""
+        if not self.admits_path(real_path):
+            raise PermissionError(f"{real_path} is outside allowed_roots {list(self.roots or ())}")
+
+    def check_url(self, url: str) -> None:
+        """Raise `PermissionError` when a URL is not http(s) to one of the hosts."""
+        if self.hosts is None:
+            return
+        parts = urlparse(url)
+        host = (parts.hostname or "").rstrip(".")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme in ("http", "https") and (
+            host in self.hosts or (port is not None and f"{host}:{port}" in self.hosts)
+        ):
+            return
+        raise PermissionError(f"{url} is not on allowed_hosts {sorted(self.hosts)}")
+
+
+def _real_root(root: str) -> str:
+    if not os.path.isabs(root):
+        raise ValueError(f"config key 'allowed_roots': {root!r} is not an absolute path")
+    real = os.path.realpath(root)
+    if real != os.path.normpath(root):
+        raise ValueError(
+            f"config key 'allowed_roots': {root!r} goes through a symlink to {real!r}; name the real path"
+        )
+    return real
+
+
+def _host_entry(host: str) -> str:
+    entry = host.lower().rstrip(".")
+    if not _HOST.fullmatch(entry):
+        raise ValueError(f"config key 'allowed_hosts': {host!r} is not a host name or host:port")
+    return entry
+
+
+_HOST: Final = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+|[0-9a-f:]+)(:[0-9]{1,5})?")
+
+
 def run(ctx: TaskContext) -> dict[str, Any]:
     """Read every source, split into passages, and return the best-matching passages."""
     config = ctx.config
@@ -56,15 +135,16 @@ def run(ctx: TaskContext) -> dict[str, Any]:
     sources = option(config, "sources", list)
     max_results = count(config, "max_results", 10)
     max_bytes = count(config, "max_bytes_per_source", 1_000_000)
+    scope = Scope.from_config(config)
     query = tokenize(topic)
     if not query:
         raise ValueError(f"config key 'topic': {topic!r} has no searchable words")
-    locations, errors = _expand(sources)
+    locations, errors = _expand(sources, scope)
     passages: list[_Passage] = []
     read = 0
     for index, location in enumerate(locations, start=1):
         try:
-            passages.extend(split_passages(location, _read(location, max_bytes or 1_000_000)))
+            passages.extend(split_passages(location, _read(location, max_bytes or 1_000_000, scope)))
             read += 1
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             errors.append({"source": location, "error": str(exc)})
@@ -119,27 +199,38 @@ def split_passages(source: str, text: str) -> list[_Passage]:
     return passages
 
 
-def _expand(sources: list[Any]) -> tuple[list[str], list[dict[str, str]]]:
+def _expand(sources: list[Any], scope: Scope) -> tuple[list[str], list[dict[str, str]]]:
     locations: list[str] = []
     errors: list[dict[str, str]] = []
     for source in sources:
         if not isinstance(source, str):
             raise ValueError(f"config key 'sources': each source must be a str, not {source!r}")
         if source.startswith(("http://", "https://")):
-            found = [source]
-        elif source.startswith("file://"):
-            found = _files_under(unquote(urlparse(source).path))
-        elif any(ch in source for ch in "*?["):
-            found = sorted(p for match in glob.glob(source, recursive=True) for p in _files_under(match))
+            found, problem = [source], None
         else:
-            found = _files_under(source)
-        if not found:
-            errors.append({"source": source, "error": "no such file or folder"})
+            found, problem = _local_files(source, scope)
+        if problem is not None:
+            errors.append({"source": source, "error": problem})
         locations.extend(f for f in found if f not in locations)
     return locations, errors
 
 
+def _local_files(source: str, scope: Scope) -> tuple[list[str], str | None]:
+    """The files a path, folder, glob or ``file://`` source names in scope, and what was wrong."""
+    path = unquote(urlparse(source).path) if source.startswith("file://") else source
+    pattern = any(ch in path for ch in "*?[")
+    matches = glob.glob(path, recursive=True) if pattern else [path]
+    inside = [match for match in matches if scope.admits_path(os.path.realpath(match))]
+    found = [p for match in inside for p in _files_under(match)]
+    if pattern:
+        found.sort()
+    if len(inside) < len(matches):
+        return found, f"outside allowed_roots {list(scope.roots or ())}"
+    return found, None if found else "no such file or folder"
+
+
 def _files_under(path: str) -> list[str]:
+    # The walk does not follow symlinked folders; a symlinked file is checked when it is opened.
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
@@ -151,15 +242,11 @@ def _files_under(path: str) -> list[str]:
     return found
 
 
-def _read(location: str, max_bytes: int) -> str:
+def _read(location: str, max_bytes: int, scope: Scope) -> str:
     if location.startswith(("http://", "https://")):
-        request = urllib.request.Request(location, headers={"User-Agent": "parallel-orchestrator"})
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
-            raw = response.read(max_bytes)
-            kind = response.headers.get_content_type()
+        raw, kind = _fetch(location, max_bytes, scope)
     else:
-        with open(location, "rb") as handle:
-            raw = handle.read(max_bytes)
+        raw = _read_file(location, max_bytes, scope)
         kind = {".html": "text/html", ".htm": "text/html", ".json": "application/json"}.get(
             Path(location).suffix.lower(), "text/plain"
         )
@@ -174,6 +261,34 @@ def _read(location: str, max_bytes: int) -> str:
         except json.JSONDecodeError:
             pass
     return str(text)
+
+
+def _read_file(location: str, max_bytes: int, scope: Scope) -> bytes:
+    # The walk saw a regular file, but it may have been swapped since: O_NONBLOCK so that a FIFO
+    # put in its place cannot hang open(), and the descriptor's own type and path are what count.
+    fd = os.open(location, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        scope.check_path(os.readlink(f"/proc/self/fd/{fd}"))
+        return handle.read(max_bytes)
+
+
+class _ScopedRedirects(urllib.request.HTTPRedirectHandler):
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        self._scope.check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, max_bytes: int, scope: Scope) -> tuple[bytes, str]:
+    scope.check_url(url)
+    opener = urllib.request.build_opener(_ScopedRedirects(scope))
+    request = urllib.request.Request(url, headers={"User-Agent": "parallel-orchestrator"})
+    with opener.open(request, timeout=FETCH_TIMEOUT) as response:
+        return response.read(max_bytes), response.headers.get_content_type()
 
 
 def _json_strings(value: Any) -> list[str]:
