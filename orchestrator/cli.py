@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from orchestrator.client import ClientError, Endpoint, choose, discover
+from orchestrator.client import BusyError, ClientError, Endpoint, choose, discover
 
 
 class OrchCliError(click.ClickException):
@@ -122,14 +122,17 @@ def _snapshots(name: str | None) -> list[dict[str, Any]]:
             raise NothingRunning(f"no orchestrator named {name!r} is running")
     if not live:
         raise NothingRunning("no orchestrator is running")
-    snapshots = []
+    snapshots, busy = [], 0
     for endpoint in live:
         try:
             snapshot = endpoint.request("status")
         except ClientError as exc:
             click.echo(f"skipped {endpoint.name}: {exc}", err=True)
+            busy += isinstance(exc, BusyError)
             continue
         snapshots.append(snapshot)
+    if not snapshots and busy:
+        raise ConnectionProblem("every orchestrator found is busy")
     return snapshots
 
 

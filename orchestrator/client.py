@@ -23,6 +23,8 @@ from orchestrator.wire import (
     send_frame,
 )
 
+# Seconds a control socket has to take a connection, and then to answer each request: a stopped
+# host (Ctrl-Z) still lets connections into its backlog, but answers none.
 CONNECT_TIMEOUT = 5.0
 # struct ucred: pid, uid, gid.
 _PEER_CREDENTIALS = struct.Struct("3i")
@@ -30,6 +32,10 @@ _PEER_CREDENTIALS = struct.Struct("3i")
 
 class ClientError(Exception):
     """A request that failed: no such orchestrator, a refused connection, or an error reply."""
+
+
+class BusyError(ClientError):
+    """The orchestrator took no connection, or sent no reply, in time (a stopped host?)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Endpoint:
         """Send one request and return the reply's data; raise `ClientError` on an error reply."""
         with self._connect() as sock:
             send_frame(sock, {"op": op, **arguments})
-            reply = _read(sock)
+            reply = self._read(sock)
         if reply is None:
             raise ClientError(f"{self.name}: the connection closed without a reply")
         if not reply.get("ok"):
@@ -57,12 +63,23 @@ class Endpoint:
             arguments["task_id"] = task_id
         with self._connect() as sock:
             send_frame(sock, arguments)
-            first = _read(sock)
+            first = self._read(sock)
             if first is None or not first.get("ok"):
                 raise ClientError(f"{self.name}: {(first or {}).get('error', 'watch refused')}")
             sock.settimeout(None)
-            while (event := _read(sock)) is not None:
+            while (event := self._read(sock)) is not None:
                 yield event
+
+    def _read(self, sock: socket.socket) -> dict[str, Any] | None:
+        try:
+            return recv_frame(sock)
+        except TimeoutError as exc:
+            raise BusyError(
+                f"{self.name}: busy, no reply within {CONNECT_TIMEOUT:g} s (a stopped host?); "
+                "it may still act on the request when it resumes"
+            ) from exc
+        except (OSError, WireError) as exc:
+            raise ClientError(f"{self.name}: bad reply: {exc}") from exc
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -72,7 +89,7 @@ class Endpoint:
             _check_server(sock, self.path)
         except (TimeoutError, BlockingIOError) as exc:
             sock.close()
-            raise ClientError(f"{self.name}: busy, it took no connection in {CONNECT_TIMEOUT:g} s") from exc
+            raise BusyError(f"{self.name}: busy, it took no connection in {CONNECT_TIMEOUT:g} s") from exc
         except OSError as exc:
             sock.close()
             raise ClientError(f"{self.name}: cannot connect to {self.path}: {exc.strerror or exc}") from exc
@@ -122,13 +139,6 @@ def private_runtime_dir() -> Path | None:
             f"could place sockets in it; {advice}"
         )
     return directory
-
-
-def _read(sock: socket.socket) -> dict[str, Any] | None:
-    try:
-        return recv_frame(sock)
-    except (OSError, WireError) as exc:
-        raise ClientError(f"bad reply: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -190,13 +200,13 @@ def choose(name: str | None) -> Endpoint:
             if endpoint.name == name:
                 return endpoint
         if any(_name_of(path) == name for path in found.busy):
-            raise ClientError(
+            raise BusyError(
                 f"orchestrator {name!r} is busy: it did not take a connection within {CONNECT_TIMEOUT:g} s"
             )
         raise ClientError(f"no orchestrator named {name!r} is running in {runtime_dir()}")
     if not live and found.busy:
         names = ", ".join(_name_of(path) for path in found.busy)
-        raise ClientError(
+        raise BusyError(
             f"busy: {names} did not take a connection within {CONNECT_TIMEOUT:g} s (a stopped host?)"
         )
     if not live:

@@ -3,7 +3,9 @@ descriptors, too many clients, a client that dribbles, and a server that takes n
 
 from __future__ import annotations
 
+import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -184,3 +186,53 @@ def feed_a_starved_host(host: subprocess.Popen[str], runtime: Path) -> None:
     host.stdin.write("\n")
     host.stdin.flush()
     assert host.wait(DEADLOCK_TIMEOUT) == 0
+
+
+STOPPABLE_HOST = """
+import sys
+sys.path.insert(0, {root!r})
+from orchestrator import ParallelOrchestrator
+
+if __name__ == "__main__":
+    orch = ParallelOrchestrator(max_workers=1, name="frozen")
+    orch.initialize()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    orch.shutdown()
+"""
+
+
+def test_a_sigstopped_host_is_busy_and_answers_again_after_sigcont(
+    tmp_path: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-Z on a host: its socket takes connections into the backlog but nothing answers them."""
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT", 0.5)
+    script = tmp_path / "host.py"
+    script.write_text(textwrap.dedent(STOPPABLE_HOST.format(root=str(ROOT))))
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as host:
+        assert host.stdout is not None
+        assert host.stdin is not None
+        try:
+            assert host.stdout.readline().strip() == "ready"
+            os.kill(host.pid, signal.SIGSTOP)
+            for command in (
+                ["status"],
+                ["status", "--name", "frozen"],
+                ["submit", "echo", "--name", "frozen"],
+            ):
+                result = CliRunner().invoke(main, command)
+                assert result.exit_code == 2, (command, result.output)
+                assert "busy" in result.output, (command, result.output)
+            assert (runtime / f"frozen{SOCKET_SUFFIX}").exists(), "a stopped host's socket is not stale"
+            os.kill(host.pid, signal.SIGCONT)
+            result = CliRunner().invoke(main, ["status", "--name", "frozen"])
+            assert result.exit_code == 0, result.output
+            host.stdin.write("\n")
+            host.stdin.flush()
+            assert host.wait(DEADLOCK_TIMEOUT) == 0
+        finally:
+            if host.poll() is None:
+                os.kill(host.pid, signal.SIGCONT)
+                host.kill()
