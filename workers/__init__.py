@@ -4,18 +4,18 @@ Handlers receive a `TaskContext`; a stop request raises `TaskCancelled` (or its 
 `TaskTimeout`) inside them. Nothing here imports the host side, so a worker starts light.
 """
 
-from workers.context import CapacityError as CapacityError
-from workers.context import RateLimitError as RateLimitError
-from workers.context import TaskCancelled as TaskCancelled
 from workers.context import TaskContext as TaskContext
-from workers.context import TaskError as TaskError
-from workers.context import TaskTimeout as TaskTimeout
+from workers.errors import CapacityError as CapacityError
+from workers.errors import QueueFullError as QueueFullError
+from workers.errors import RateLimitError as RateLimitError
+from workers.errors import TaskCancelled as TaskCancelled
+from workers.errors import TaskTimeout as TaskTimeout
+from workers.errors import UnknownTaskTypeError as UnknownTaskTypeError
 from workers.messaging import AsyncSubscription as AsyncSubscription
-from workers.messaging import ChildResult as ChildResult
-from workers.messaging import Message as Message
-from workers.messaging import QueueFullError as QueueFullError
 from workers.messaging import Subscription as Subscription
-from workers.messaging import UnknownTaskTypeError as UnknownTaskTypeError
+from workers.values import ChildResult as ChildResult
+from workers.values import Message as Message
+from workers.values import TaskError as TaskError
 
 __all__ = [
     "AsyncSubscription",

@@ -1,68 +1,16 @@
-"""What a handler sees: `TaskContext`, and the exceptions a stop request raises inside it."""
+"""What a handler sees: `TaskContext`, its task's inputs and its ways to report and talk."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from workers import protocol
-from workers.messaging import AsyncSubscription, ChildResult, Link, Subscription, _refuse_in_event_loop
-
-
-class TaskCancelled(BaseException):
-    """Raised inside a handler whose task was cancelled.
-
-    It derives from `BaseException`, as `asyncio.CancelledError` does, so that a handler's
-    ``except Exception:`` does not swallow it by accident. A handler may catch it to clean up,
-    but should re-raise: a handler still running ``timeout_grace`` seconds after a stop request
-    has its worker killed.
-    """
-
-    kind = "cancelled"
-
-
-class TaskTimeout(TaskCancelled):
-    """Raised inside a handler whose task ran past its timeout (a kind of `TaskCancelled`)."""
-
-    kind = "timeout"
-
-
-class RateLimitError(Exception):
-    """Raise it from a handler when a service said "too many requests".
-
-    The attempt ends with ``error.kind="rate_limit"``: the orchestrator halves the parallelism of
-    the task type (raising it again step by step on successes) and ``TaskSpec.retries`` retries
-    the task after ``retry_after`` seconds when given, else after its backoff.
-    """
-
-    def __init__(self, message: str = "rate limited", retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class CapacityError(RateLimitError):
-    """Raise it when a service is out of capacity (overloaded, 503); handled as `RateLimitError`."""
-
-
-class TaskError(NamedTuple):
-    """A failed dependency, as ``ctx.deps`` shows it to a task that runs despite the failure.
-
-    A tuple, so a handler can return what it was given: it travels as the list
-    ``[kind, message, traceback, exception_type]``.
-    """
-
-    kind: str
-    message: str
-    traceback: str = ""
-    exception_type: str = ""
-
-
-_STOP_EXCEPTIONS: dict[str, type[TaskCancelled]] = {
-    "cancelled": TaskCancelled,
-    "timeout": TaskTimeout,
-}
+from workers.errors import stop_exception
+from workers.messaging import AsyncSubscription, Link, Subscription, _refuse_in_event_loop
+from workers.values import ChildResult
 
 
 def _check_amount(name: str, value: Any) -> None:
@@ -77,11 +25,6 @@ def _ids(task_ids: list[str]) -> list[str]:
     if isinstance(task_ids, str) or not all(isinstance(task_id, str) for task_id in task_ids):
         raise TypeError(f"task_ids must be a list of task id strings, not {task_ids!r}")
     return list(task_ids)
-
-
-def stop_exception(reason: str) -> TaskCancelled:
-    """The exception that a stop request for ``reason`` raises in the handler."""
-    return _STOP_EXCEPTIONS.get(reason, TaskCancelled)(f"task stopped: {reason}")
 
 
 class TaskContext:

@@ -16,24 +16,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from workers import protocol
+from workers.errors import QueueFullError, UnknownTaskTypeError
 from workers.shm import BlockReader
-
-if TYPE_CHECKING:
-    from workers.context import TaskError
-
-
-class UnknownTaskTypeError(ValueError):
-    """`TaskContext.submit` named a task type with no handler."""
-
-
-class QueueFullError(Exception):
-    """`TaskContext.submit` found the host's queue full; nothing was queued."""
-
+from workers.values import Message
 
 _ERRORS: dict[str, type[Exception]] = {
     "UnknownTaskTypeError": UnknownTaskTypeError,
@@ -45,62 +33,6 @@ _ERRORS: dict[str, type[Exception]] = {
     "GroupNotFoundError": KeyError,
     "TypeError": TypeError,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message as a subscription receives it.
-
-    ``data`` is what was published, after a msgpack round trip; ``sender`` the publishing task's
-    id (None for the host); ``dropped`` how many older messages this subscription discarded since
-    it last returned one (its buffer was full).
-    """
-
-    topic: str
-    data: Any
-    sender: str | None
-    dropped: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ChildResult:
-    """A sub-task's final result as `TaskContext.wait` returns it (the fields of ``TaskResult``)."""
-
-    task_id: str
-    status: str
-    success: bool
-    data: Any
-    error: TaskError | None
-    attempts: int
-    worker_pid: int | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_s: float | None
-    parent: str | None
-
-    @classmethod
-    def from_wire(cls, fields: dict[str, Any]) -> ChildResult:
-        """Rebuild a result the host packed (timestamps as epoch seconds)."""
-        from workers.context import TaskError  # context imports this module
-
-        error = fields["error"]
-        return cls(
-            task_id=fields["task_id"],
-            status=fields["status"],
-            success=fields["success"],
-            data=fields["data"],
-            error=None if error is None else TaskError(**error),
-            attempts=fields["attempts"],
-            worker_pid=fields["worker_pid"],
-            started_at=_moment(fields["started_at"]),
-            finished_at=_moment(fields["finished_at"]),
-            duration_s=fields["duration_s"],
-            parent=fields["parent"],
-        )
-
-
-def _moment(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)
 
 
 class _Pending:

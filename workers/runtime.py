@@ -32,12 +32,14 @@ from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
 from workers import protocol
-from workers.context import RateLimitError, TaskCancelled, TaskContext, TaskError, stop_exception
+from workers.context import TaskContext
+from workers.errors import RateLimitError, TaskCancelled, stop_exception
 from workers.memcap import cap_memory
 from workers.messaging import Link
 from workers.registry import resolve_handler
 from workers.shm import BlockReader, BlockWriter, block_prefix
 from workers.strays import StrayReaper
+from workers.values import TaskError
 
 STOP_SIGNAL: Final = signal.SIGUSR1
 _STOP_MASK: Final = {STOP_SIGNAL}
