@@ -22,6 +22,8 @@ from typing import Any, Final, Literal, Self, TypeVar, cast, final
 import psutil
 from pydantic import ValidationError
 
+from orchestrator.backends.base import ProcessPool
+from orchestrator.backends.local import WorkerPool
 from orchestrator.config import OrchestratorConfig, TaskSpec, describe
 from orchestrator.control import ControlServer
 from orchestrator.durations import caller_timeout
@@ -57,7 +59,6 @@ from orchestrator.models import (
     task_seq,
 )
 from orchestrator.plans import PlanError, references, validate_plan
-from orchestrator.pool import ProcessPool, WorkerPool
 from orchestrator.scheduler import QueueSlots
 from orchestrator.schedules import Schedule, ScheduleRunner, aware_timestamp, delayed_until, interval_seconds
 from orchestrator.supervisor import Supervisor, TaskRecord
@@ -205,7 +206,7 @@ class ParallelOrchestrator:
                 config.max_memory_mb,
             )
             return pool, config
-        from orchestrator.dask_backend import DaskPool
+        from orchestrator.backends.dask import DaskPool
 
         dask_pool = DaskPool(config, sorted(self._handlers), self._block_namespace)
         self._offered_types = dask_pool.offered_types

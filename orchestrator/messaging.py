@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.backends.base import WorkerHandle
 from orchestrator.events import EventBus
 from orchestrator.models import Message
-from orchestrator.pool import WorkerHandle
 from workers import protocol
 from workers.shm import BlockWriter, unlink_block
 

@@ -38,6 +38,7 @@ from typing import Any, Final, TypeVar, cast
 
 import psutil
 
+from orchestrator.backends.base import ProcessPool, WorkerHandle, exit_reason_of
 from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.durations import clamp_wait
 from orchestrator.errors import (
@@ -75,7 +76,6 @@ from orchestrator.models import (
     assemble,
 )
 from orchestrator.plans import PlanError, substitute
-from orchestrator.pool import ProcessPool, WorkerHandle, exit_reason_of
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
 from orchestrator.trust import Refused, vetted_config

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from orchestrator.pool import _helper_lease
+from orchestrator.backends.local import _helper_lease
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder
 from workers.shm import BlockReader, BlockWriter, unlink_block
 

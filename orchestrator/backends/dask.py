@@ -30,10 +30,10 @@ from typing import Any, Final
 
 import msgpack
 
+from orchestrator.backends.base import WorkerHandle
 from orchestrator.config import OrchestratorConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.limits import kill_process_tree
-from orchestrator.pool import WorkerHandle
 
 logger = logging.getLogger(__name__)
 
