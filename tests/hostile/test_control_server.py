@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import OrchestratorError, ParallelOrchestrator, client, control
-from orchestrator.cli import main
+from orchestrator import OrchestratorError, ParallelOrchestrator, control
+from orchestrator.cli import client, main
 from orchestrator.wire import SOCKET_SUFFIX, recv_frame, send_frame
 from tests.conftest import DEADLOCK_TIMEOUT
 from tests.helpers.control import connect, own_runtime_dir

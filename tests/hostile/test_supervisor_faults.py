@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import OrchestratorFailedError, ParallelOrchestrator, TaskStatus
-from orchestrator._status_text import render_text
+from orchestrator.cli.status_text import render_text
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
 from tests.helpers.tasks import HANDLERS
 

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from orchestrator._status_text import render_text
+from orchestrator.cli.status_text import render_text
 
 REFRESH_S = 1.0
 # Piped output keeps every name, id and pid whole: a wide table rather than a cut one.

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from orchestrator.client import BusyError, ClientError, Endpoint, choose, discover
+from orchestrator.cli.client import BusyError, ClientError, Endpoint, choose, discover
 
 
 class OrchCliError(click.ClickException):
@@ -84,7 +84,7 @@ def status(name: str | None, as_json: bool, watch: bool, journal_path: str | Non
     if as_json:
         click.echo(json.dumps({"orchestrators": snapshots}))
         return
-    from orchestrator._status_text import render_text
+    from orchestrator.cli.status_text import render_text
 
     click.echo(render_text(snapshots))
 
@@ -137,7 +137,7 @@ def _snapshots(name: str | None) -> list[dict[str, Any]]:
 
 
 def _watch_status(name: str | None) -> None:
-    from orchestrator._status_view import watch
+    from orchestrator.cli.status_view import watch
 
     with contextlib.suppress(KeyboardInterrupt):
         watch(lambda: _snapshots(name))
@@ -169,7 +169,7 @@ def _watch_status(name: str | None) -> None:
 )
 def run(config_file: Path | None, name: str | None, grace: float, metrics_port: int | None) -> None:
     """Run a standalone orchestrator in the foreground until SIGTERM or Ctrl-C."""
-    from orchestrator._daemon import run_daemon
+    from orchestrator.cli.daemon import run_daemon
     from orchestrator.errors import OrchestratorError
 
     fields = _load_config(config_file)
@@ -262,7 +262,7 @@ def _follow(endpoint: Endpoint, task_id: str, show: bool) -> None:
             for _ in events:
                 pass
             return
-        from orchestrator._status_view import follow_progress
+        from orchestrator.cli.status_view import follow_progress
 
         follow_progress(events, task_id)
     except ClientError as exc:
@@ -333,7 +333,7 @@ def schedules(name: str | None, as_json: bool) -> None:
     if not rows:
         click.echo("no schedules")
         return
-    from orchestrator._status_text import render_schedules
+    from orchestrator.cli.status_text import render_schedules
 
     click.echo(render_schedules(rows))
 
@@ -362,7 +362,7 @@ def bench(ctx: click.Context) -> None:
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64), help="worker processes")
 def demo(workers: int) -> None:
     """Run tasks of every built-in type with live progress, then print a summary."""
-    from orchestrator.demo import run_demo
+    from orchestrator.cli.demo import run_demo
     from orchestrator.errors import OrchestratorError
 
     started = time.monotonic()
