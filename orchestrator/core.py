@@ -40,7 +40,6 @@ from orchestrator.errors import (
     UnknownTaskTypeError,
 )
 from orchestrator.events import EventBus
-from orchestrator.graph import status_counts
 from orchestrator.journal import Journal, JournalRow, UnreadableRow, journal_result, restore_result
 from orchestrator.limits import CpuMeter
 from orchestrator.logs import enable_logging
@@ -62,6 +61,7 @@ from orchestrator.plans import PlanError, references, validate_plan
 from orchestrator.scheduler import QueueSlots
 from orchestrator.schedules import Schedule, ScheduleRunner, aware_timestamp, delayed_until, interval_seconds
 from orchestrator.supervisor import Supervisor, TaskRecord
+from orchestrator.supervisor.graph import status_counts
 from workers import protocol
 from workers.shm import BlockWriter, block_prefix, unlink_by_prefix
 

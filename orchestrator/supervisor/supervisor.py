@@ -30,9 +30,9 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
@@ -49,7 +49,6 @@ from orchestrator.errors import (
     QueueFullError,
 )
 from orchestrator.events import Callback, EventBus, call_each
-from orchestrator.graph import Collection, TaskGraph, status_counts
 from orchestrator.journal import Journal, journal_result
 from orchestrator.limits import cpu_seconds, process_tree, signal_processes, tree_rss
 from orchestrator.logs import TaskRef, task_extra, task_logger
@@ -78,6 +77,8 @@ from orchestrator.models import (
 from orchestrator.plans import PlanError, substitute
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
+from orchestrator.supervisor.graph import Collection, TaskGraph, status_counts
+from orchestrator.supervisor.record import TaskRecord, is_delayed, result_fields
 from orchestrator.trust import Refused, vetted_config
 from workers import protocol
 from workers.shm import BlockReader, BlockWriter, block_prefix, unlink_block, unlink_by_prefix
@@ -110,62 +111,6 @@ _FINAL_EVENT: Final = {
 }
 
 
-@dataclass(eq=False, slots=True)
-class TaskRecord:
-    """A task as the host tracks it. Created by `submit_task`, then mutated by the supervisor only.
-
-    Caller threads read ``status`` and ``result`` (single attribute reads) and may append to
-    ``waiters`` (an atomic append); the supervisor sets ``result`` before it calls and clears them.
-    """
-
-    task_id: str
-    seq: int
-    spec: TaskSpec
-    handler: str
-    packed_config: bytes
-    # Lists that most tasks never fill are None until they do: each empty list is one more object
-    # for the cyclic GC to walk, per queued task (the GC cost of a deep queue).
-    blocks: list[str] | None = None
-    on_progress: Callable[[Progress], object] | None = None
-    on_complete: Callable[[TaskResult], object] | None = None
-    on_error: Callable[[TaskResult], object] | None = None
-    status: TaskStatus = TaskStatus.QUEUED
-    result: TaskResult | None = None
-    attempts: int = 0
-    worker: WorkerHandle | None = None
-    worker_pid: int | None = None
-    started_at: float | None = None
-    timer: Timer | None = None
-    progress: Progress | None = None
-    partial_count: int = 0
-    partials: deque[tuple[int, Any]] | None = None
-    watchers: list[Callable[[], None]] | None = None
-    cpu_at_start: float | None = None
-    holds_slot: bool = True
-    in_ready: bool = False
-    dep_ids: Sequence[str] = ()
-    # The dependencies it still waits for; None for none (most tasks: an empty set costs 216 bytes).
-    waiting: set[str] | None = None
-    plan: str | None = None
-    plan_refs: dict[str, str] | None = None
-    revoking: bool = False
-    interrupted: int = 0
-    recovered: bool = False
-    # Ordering within a priority (monotonic): submission, or the end of the task's delay.
-    due: float = 0.0
-    # A task delayed until a wall-clock time (run_at, or any delay after a restart).
-    run_at: float | None = None
-    parent: str | None = None
-    detached: bool = False
-    children: list[str] | None = None
-    # Blocked in ctx.wait or receive, its slot lent to other work.
-    released: bool = False
-    needed_by: int = 0
-    # When it last entered the ready queue (monotonic): the start of its queue wait.
-    ready_at: float = 0.0
-    waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
-
-
 @dataclass(eq=False)
 class _ChildWait:
     """A task blocked in ``ctx.wait`` or ``ctx.as_completed`` (``any_of``) on other tasks."""
@@ -177,35 +122,11 @@ class _ChildWait:
     answered: bool = False
 
 
-def _result_fields(record: TaskRecord) -> dict[str, Any]:
-    """A final result as a worker's ``ctx.wait`` receives it."""
-    result = record.result
-    assert result is not None
-    return {
-        "task_id": result.task_id,
-        "status": result.status.value,
-        "success": result.success,
-        "data": result.data,
-        "error": result.error.model_dump() if result.error else None,
-        "attempts": result.attempts,
-        "worker_pid": result.worker_pid,
-        "started_at": result.started_at.timestamp() if result.started_at else None,
-        "finished_at": result.finished_at.timestamp() if result.finished_at else None,
-        "duration_s": result.duration_s,
-        "parent": result.parent,
-    }
+def _clocks() -> tuple[float, float]:
+    return time.monotonic(), time.time()
 
 
 _EPOCH: Final = datetime.fromtimestamp(0, tz=UTC)
-
-
-def _delayed(record: TaskRecord, now_mono: float, now_wall: float) -> bool:
-    """Whether the task still waits for its delay to end."""
-    return record.run_at > now_wall if record.run_at is not None else record.due > now_mono
-
-
-def _clocks() -> tuple[float, float]:
-    return time.monotonic(), time.time()
 
 
 def _utc(timestamp: float | None) -> datetime | None:
@@ -1734,7 +1655,7 @@ class Supervisor:
         wait.answered = True
         if wait.any_of:
             final.sort(key=lambda r: r.result.finished_at if r.result and r.result.finished_at else _EPOCH)
-        self._reply(wait.worker, wait.call_id, [_result_fields(r) for r in final])
+        self._reply(wait.worker, wait.call_id, [result_fields(r) for r in final])
         return True
 
     def _on_waiting(self, worker: WorkerHandle, msg: protocol.Waiting) -> None:
@@ -1868,7 +1789,7 @@ class Supervisor:
             self._cancel_all(TaskStatus.QUEUED, "cancelled by shutdown(cancel_pending=True)")
         # Waiting for a delay to end would hold shutdown for as long as the delay.
         now_mono, now_wall = _clocks()
-        delayed = [r for r in self._tasks.values() if r.result is None and _delayed(r, now_mono, now_wall)]
+        delayed = [r for r in self._tasks.values() if r.result is None and is_delayed(r, now_mono, now_wall)]
         for record in delayed:
             self.cancel(record, "cancelled by shutdown before its delay ended (keep_queued keeps it)")
         if deadline is not None:

@@ -9,12 +9,9 @@ dependency set, fixed when the fan-in is accepted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from orchestrator.models import TaskStatus
-
-if TYPE_CHECKING:
-    from orchestrator.supervisor import TaskRecord
+from orchestrator.supervisor.record import TaskRecord
 
 
 @dataclass

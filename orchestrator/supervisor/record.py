@@ -1,0 +1,93 @@
+"""`TaskRecord`: a task as the host tracks it, and its wire form for a worker's ``ctx.wait``."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.backends.base import WorkerHandle
+from orchestrator.config import TaskSpec
+from orchestrator.models import Progress, TaskResult, TaskStatus
+from orchestrator.scheduler import Timer
+
+
+@dataclass(eq=False, slots=True)
+class TaskRecord:
+    """A task as the host tracks it. Created by `submit_task`, then mutated by the supervisor only.
+
+    Caller threads read ``status`` and ``result`` (single attribute reads) and may append to
+    ``waiters`` (an atomic append); the supervisor sets ``result`` before it calls and clears them.
+    """
+
+    task_id: str
+    seq: int
+    spec: TaskSpec
+    handler: str
+    packed_config: bytes
+    # Lists that most tasks never fill are None until they do: each empty list is one more object
+    # for the cyclic GC to walk, per queued task (the GC cost of a deep queue).
+    blocks: list[str] | None = None
+    on_progress: Callable[[Progress], object] | None = None
+    on_complete: Callable[[TaskResult], object] | None = None
+    on_error: Callable[[TaskResult], object] | None = None
+    status: TaskStatus = TaskStatus.QUEUED
+    result: TaskResult | None = None
+    attempts: int = 0
+    worker: WorkerHandle | None = None
+    worker_pid: int | None = None
+    started_at: float | None = None
+    timer: Timer | None = None
+    progress: Progress | None = None
+    partial_count: int = 0
+    partials: deque[tuple[int, Any]] | None = None
+    watchers: list[Callable[[], None]] | None = None
+    cpu_at_start: float | None = None
+    holds_slot: bool = True
+    in_ready: bool = False
+    dep_ids: Sequence[str] = ()
+    # The dependencies it still waits for; None for none (most tasks: an empty set costs 216 bytes).
+    waiting: set[str] | None = None
+    plan: str | None = None
+    plan_refs: dict[str, str] | None = None
+    revoking: bool = False
+    interrupted: int = 0
+    recovered: bool = False
+    # Ordering within a priority (monotonic): submission, or the end of the task's delay.
+    due: float = 0.0
+    # A task delayed until a wall-clock time (run_at, or any delay after a restart).
+    run_at: float | None = None
+    parent: str | None = None
+    detached: bool = False
+    children: list[str] | None = None
+    # Blocked in ctx.wait or receive, its slot lent to other work.
+    released: bool = False
+    needed_by: int = 0
+    # When it last entered the ready queue (monotonic): the start of its queue wait.
+    ready_at: float = 0.0
+    waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
+
+
+def result_fields(record: TaskRecord) -> dict[str, Any]:
+    """A final result as a worker's ``ctx.wait`` receives it."""
+    result = record.result
+    assert result is not None
+    return {
+        "task_id": result.task_id,
+        "status": result.status.value,
+        "success": result.success,
+        "data": result.data,
+        "error": result.error.model_dump() if result.error else None,
+        "attempts": result.attempts,
+        "worker_pid": result.worker_pid,
+        "started_at": result.started_at.timestamp() if result.started_at else None,
+        "finished_at": result.finished_at.timestamp() if result.finished_at else None,
+        "duration_s": result.duration_s,
+        "parent": result.parent,
+    }
+
+
+def is_delayed(record: TaskRecord, now_mono: float, now_wall: float) -> bool:
+    """Whether the task still waits for its delay to end."""
+    return record.run_at > now_wall if record.run_at is not None else record.due > now_mono
