@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
+from orchestrator.config import OrchestratorConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import EVENT_NAMES, Event, TaskPartialEvent, TaskStatus
+from orchestrator.lookup import TaskLookup
+from orchestrator.models import EVENT_NAMES, Event, TaskPartialEvent, TaskResult, TaskStatus
 from orchestrator.wire import (
     SOCKET_SUFFIX,
     FrameTooLarge,
@@ -36,8 +38,25 @@ from orchestrator.wire import (
     socket_name,
 )
 
-if TYPE_CHECKING:
-    from orchestrator.core import ParallelOrchestrator
+
+class Controlled(Protocol):
+    """The members of an orchestrator that its control socket uses (its public ones)."""
+
+    @property
+    def config(self) -> OrchestratorConfig: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def get_result(self, task_id: str) -> TaskResult | None: ...
+
+    def get_task_status(self, task_id: str) -> TaskStatus: ...
+
+    def submit_task(self, spec: Any) -> str: ...
+
+    def cancel(self, task_id: str) -> bool: ...
+
+    def on(self, event: str, callback: Callable[[Any], object]) -> Callable[[], None]: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +75,10 @@ _FINAL_EVENTS: Final = frozenset({"task_completed", "task_error", "task_cancelle
 class ControlServer:
     """Serves one orchestrator's control socket until `close`."""
 
-    def __init__(self, orchestrator: ParallelOrchestrator) -> None:
+    def __init__(self, orchestrator: Controlled, tasks: TaskLookup) -> None:
         config = orchestrator.config
         self._orchestrator = orchestrator
+        self._task_lookup = tasks
         self._default_name = "name" not in config.model_fields_set
         self.path = prepare_runtime_dir() / socket_name(config.name, self._default_name)
         self._listener: socket.socket | None = None
@@ -238,7 +258,7 @@ class ControlServer:
         status = _argument(request, "status", str, None)
         if status is not None:
             TaskStatus(status)
-        return self._orchestrator._list_tasks(status, _argument(request, "type", str, None), limit)
+        return self._task_lookup.summaries(status, _argument(request, "type", str, None), limit)
 
     def _result(self, request: dict[str, Any]) -> dict[str, Any]:
         task_id = _argument(request, "task_id", str)
@@ -273,7 +293,7 @@ class ControlServer:
         try:
             try:
                 task_id = _argument(request, "task_id", str, None)
-                kept, final = self._orchestrator._partials_so_far(task_id) if task_id else ([], None)
+                kept, final = self._task_lookup.partials_so_far(task_id) if task_id else ([], None)
             except (OrchestratorError, ValueError) as exc:
                 send_frame(connection, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
                 return

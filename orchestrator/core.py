@@ -10,14 +10,13 @@ import json
 import logging
 import os
 import queue
-import secrets
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, Self, TypeVar, cast, final
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal, Self, TypeVar, final
 
 import psutil
 from pydantic import ValidationError
@@ -36,28 +35,26 @@ from orchestrator.errors import (
     OrchestratorError,
     QueueFullError,
     ScheduleError,
-    TaskNotFoundError,
     UnknownTaskTypeError,
 )
 from orchestrator.events import EventBus
-from orchestrator.journal import Journal, JournalRow, UnreadableRow, journal_result, restore_result
+from orchestrator.journal import Journal
 from orchestrator.limits import CpuMeter
 from orchestrator.logs import enable_logging
+from orchestrator.lookup import StreamCursor, TaskIds, TaskLookup
 from orchestrator.metrics import Metrics
 from orchestrator.models import (
-    ErrorKind,
     GroupStatus,
     Message,
     OrchestratorStatus,
     Progress,
     ScheduleInfo,
-    TaskError,
     TaskResult,
     TaskStatus,
     WorkerInfo,
-    task_seq,
 )
 from orchestrator.plans import PlanError, references, validate_plan
+from orchestrator.recovery import Recovery
 from orchestrator.scheduler import QueueSlots
 from orchestrator.schedules import Schedule, ScheduleRunner, aware_timestamp, delayed_until, interval_seconds
 from orchestrator.supervisor import Supervisor, TaskRecord
@@ -87,14 +84,13 @@ class ParallelOrchestrator:
         self.config = _build_config(config, overrides)
         self._handlers = self.config.task_handlers()
         self._tasks: dict[str, TaskRecord] = {}
-        self._instance = secrets.token_hex(4)
-        self._seq = itertools.count(1)
+        self._ids = TaskIds()
+        self._lookup = TaskLookup(self.config, self._tasks, self._ids)
         self._plan_seq = itertools.count(1)
-        self._issued = 0
         self._queue_slots = QueueSlots(self.config.task_queue_size)
         # Shared memory does not reach other machines: on Dask every payload travels inline.
         threshold = self.config.shm_threshold if self.config.backend == "local" else None
-        self._block_namespace = f"{os.getpid()}{self._instance}"
+        self._block_namespace = f"{os.getpid()}{self._ids.instance}"
         self._blocks = BlockWriter(block_prefix(self._block_namespace), threshold) if threshold else None
         self._bus = EventBus(self.config.name)
         self._supervisor: Supervisor | None = None
@@ -131,10 +127,11 @@ class ParallelOrchestrator:
             try:
                 self._metrics = self._serve_metrics()
                 if self.config.control_socket:
-                    self._control = ControlServer(self)
+                    self._control = ControlServer(self, self._lookup)
                     self._control.start()
                 pool, supervisor_config = self._start_pool(journal)
-                recovered, final = self._recover(journal) if journal is not None else ([], [])
+                recovery = Recovery(journal, self._tasks, self._handlers, self._blocks) if journal else None
+                recovered, final = self._recover(recovery) if recovery is not None else ([], [])
             except BaseException:
                 self._undo_start(pool)
                 raise
@@ -152,8 +149,8 @@ class ParallelOrchestrator:
             )
             if self._metrics is not None:
                 self._metrics.watch(self._supervisor.metrics_state)
-            if journal is not None:
-                self._supervisor.schedules.restore(self._recover_schedules(journal))
+            if recovery is not None:
+                self._supervisor.schedules.restore(recovery.schedules())
             self._bus.start()
             self._supervisor.thread.start()
             if recovered or final:
@@ -416,7 +413,7 @@ class ParallelOrchestrator:
 
     def _check_dependencies(self, task: TaskSpec) -> None:
         for dep_id in task.depends_on:
-            self._record(dep_id)  # unknown or evicted: TaskNotFoundError saying which
+            self._lookup.find(dep_id)  # unknown or evicted: TaskNotFoundError saying which
         group = task.depends_on_group
         if group is not None:
             supervisor = self._running_supervisor()
@@ -424,11 +421,10 @@ class ParallelOrchestrator:
                 raise GroupNotFoundError(f"depends_on_group names {group!r}, a group with no tasks")
 
     def _new_record(self, spec: TaskSpec, handler: str) -> TaskRecord:
-        seq = next(self._seq)
-        self._issued = max(self._issued, seq)
+        task_id, seq = self._ids.issue()
         blocks: list[str] = []
         packed = protocol.pack_payload(spec.config, self._blocks, blocks)
-        record = TaskRecord(f"{self._instance}-{seq}", seq, spec, handler, packed, blocks or None)
+        record = TaskRecord(task_id, seq, spec, handler, packed, blocks or None)
         record.due = time.monotonic()
         return record
 
@@ -570,103 +566,13 @@ class ParallelOrchestrator:
         (those that ended ``interrupted`` included), in submission order."""
         return list(self._recovered)
 
-    def _recover(self, journal: Journal) -> tuple[list[TaskRecord], list[TaskRecord]]:
-        """Rebuild every journaled task: open ones to run again, final ones readable again."""
-        to_run: list[TaskRecord] = []
-        final: list[TaskRecord] = []
-        highest = 0
-        # Tasks whose attempt the crash cut short: their attached children go with them.
-        interrupted: set[str] = set()
-        for row in journal.rows():
-            highest = max(highest, row.seq)
-            try:
-                if isinstance(row, UnreadableRow):
-                    raise ValueError(row.error)
-                record = self._restore(row)
-            except (OrchestratorError, ValueError, TypeError, KeyError) as exc:
-                final.append(self._quarantine(row, exc))
-                continue
-            self._tasks[record.task_id] = record
-            if row.status == "running":
-                interrupted.add(record.task_id)
-            if record.result is None and record.parent in interrupted and not record.detached:
-                message = f"its parent {record.parent} was interrupted by the host's crash"
-                self._end_recovered(record, "interrupted", message, TaskStatus.CANCELLED)
-                interrupted.add(record.task_id)
-            if row.status in ("queued", "running"):
-                self._recovered.append(record.task_id)
-            (to_run if record.result is None else final).append(record)
-        self._seq = itertools.count(highest + 1)
-        journal.flush()
-        return to_run, final
-
-    def _quarantine(self, row: JournalRow | UnreadableRow, error: Exception) -> TaskRecord:
-        """A row that does not decode ends as a failed task that says why, instead of failing recovery."""
-        logger.error(
-            "journal %s: task %s (row %d) cannot be read and is kept as failed: %s",
-            self.config.journal_path,
-            row.task_id,
-            row.seq,
-            error,
-        )
-        record = TaskRecord(row.task_id, row.seq, TaskSpec(type="(unreadable)"), "", b"")
-        self._tasks[record.task_id] = record
-        message = f"its journal row could not be read after a restart ({error})"
-        self._end_recovered(record, "interrupted", message)
-        return record
-
-    def _restore(self, row: JournalRow) -> TaskRecord:
-        spec = TaskSpec.model_validate({**row.spec, "config": protocol.unpack_payload(row.config)})
-        status = TaskStatus(row.status)
-        # Decoded before any block is made for the config, so a bad result leaves no block behind.
-        result = restore_result(row.task_id, status, row.attempts, row.result) if row.result else None
-        handler = self._handlers.get(spec.type, "")
-        blocks: list[str] = []
-        packed = protocol.pack_payload(spec.config, self._blocks, blocks)
-        record = TaskRecord(row.task_id, row.seq, spec, handler, packed, blocks or None)
-        record.attempts, record.plan, record.plan_refs = row.attempts, row.plan, row.plan_refs
-        record.holds_slot = False  # recovered tasks are admitted whatever task_queue_size is
-        record.recovered = True
-        record.due = time.monotonic()
-        record.run_at = row.not_before
-        record.parent, record.detached = row.parent, row.detached
-        if result is not None:
-            _set_final(record, result)
-        elif not handler:
-            message = f"UnknownTaskTypeError: no handler for {spec.type!r} any more"
-            self._end_recovered(record, "exception", message)
-        elif row.status == "running" and not spec.idempotent:
-            self._end_recovered(record, "interrupted", "the host died while it ran, and it is not idempotent")
-        elif row.status == "running":
-            record.interrupted = 1  # the rerun of a crash does not use up retries
-        return record
-
-    def _recover_schedules(self, journal: Journal) -> list[tuple[Schedule, int]]:
-        now_mono, now_wall = time.monotonic(), time.time()
-        restored = []
-        for name, spec_json, config, state in journal.schedules():
-            try:
-                fields = {**json.loads(spec_json), "config": protocol.unpack_payload(config)}
-                spec = TaskSpec.model_validate(fields)
-                restored.append(Schedule.from_json(name, spec, state, now_mono, now_wall))
-            except (OrchestratorError, ValueError, TypeError, KeyError) as exc:
-                logger.error("journal %s: schedule %r is unreadable: %s", journal.path, name, exc)
-        return restored
-
-    def _end_recovered(
-        self, record: TaskRecord, kind: str, message: str, status: TaskStatus = TaskStatus.ERROR
-    ) -> None:
-        result = TaskResult(
-            task_id=record.task_id,
-            status=status,
-            success=False,
-            error=TaskError(kind=cast(ErrorKind, kind), message=message),
-            attempts=record.attempts,
-            parent=record.parent,
-        )
-        _set_final(record, result)
-        assert self._journal is not None
-        self._journal.finished(record.task_id, status.value, record.attempts, journal_result(result))
+    def _recover(self, recovery: Recovery) -> tuple[list[TaskRecord], list[TaskRecord]]:
+        """Rebuild every journaled task; evicted results are read back from the journal from now on."""
+        recovered = recovery.tasks()
+        self._recovered = recovered.reopened
+        self._ids.continue_after(recovered.highest_seq)
+        self._lookup.from_journal = recovery.evicted
+        return recovered.to_run, recovered.final
 
     def _ensure_running(self) -> None:
         if self._state == "created":
@@ -682,11 +588,11 @@ class ParallelOrchestrator:
 
     def get_task_status(self, task_id: str) -> TaskStatus:
         """The task's current status."""
-        return self._record(task_id).status
+        return self._lookup.find(task_id).status
 
     def get_result(self, task_id: str) -> TaskResult | None:
         """The task's final result, or None while it is queued or running."""
-        return self._record(task_id).result
+        return self._lookup.find(task_id).result
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskResult:
         """Block until the task is final and return its result.
@@ -695,7 +601,7 @@ class ParallelOrchestrator:
             TimeoutError: the task is not final after ``timeout`` seconds (it keeps running).
             TaskNotFoundError: unknown id.
         """
-        record = self._record(task_id)
+        record = self._lookup.find(task_id)
         limit = caller_timeout(timeout)
         if record.result is None:
             # A held lock that the supervisor releases: cheaper on both sides than an Event. No
@@ -716,7 +622,7 @@ class ParallelOrchestrator:
             TimeoutError: the task is not final after ``timeout`` seconds (it keeps running).
             TaskNotFoundError: unknown id.
         """
-        record = self._record(task_id)
+        record = self._lookup.find(task_id)
         limit = caller_timeout(timeout)
         if record.result is not None:
             return record.result
@@ -743,11 +649,11 @@ class ParallelOrchestrator:
         A stream opened at any time replays the partials kept so far (the newest 1,000 per
         task, of every attempt) before the live ones. It stops after the final result.
         """
-        record = self._record(task_id)
+        record = self._lookup.find(task_id)
         supervisor = self._running_supervisor()
         changed = threading.Event()
         supervisor.call(lambda: supervisor.watch(record, changed.set))
-        cursor = _StreamCursor(record)
+        cursor = StreamCursor(record)
         try:
             while True:
                 changed.clear()
@@ -762,7 +668,7 @@ class ParallelOrchestrator:
 
     async def stream_async(self, task_id: str) -> AsyncIterator[Any]:
         """`stream` for asyncio: ``async for item in orch.stream_async(task_id)``."""
-        record = self._record(task_id)
+        record = self._lookup.find(task_id)
         supervisor = self._running_supervisor()
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
@@ -772,7 +678,7 @@ class ParallelOrchestrator:
                 loop.call_soon_threadsafe(changed.set)
 
         supervisor.call(lambda: supervisor.watch(record, wake))
-        cursor = _StreamCursor(record)
+        cursor = StreamCursor(record)
         try:
             while True:
                 changed.clear()
@@ -794,7 +700,7 @@ class ParallelOrchestrator:
             TaskNotFoundError: an unknown id (raised before anything is yielded).
         """
         limit = caller_timeout(timeout)
-        records = [self._record(task_id) for task_id in dict.fromkeys(task_ids)]
+        records = [self._lookup.find(task_id) for task_id in dict.fromkeys(task_ids)]
         finished: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
         self._notify_when_final(records, finished.put)
         deadline = None if limit is None else time.monotonic() + limit
@@ -812,7 +718,7 @@ class ParallelOrchestrator:
     ) -> AsyncIterator[TaskResult]:
         """`as_completed` for asyncio: ``async for result in orch.as_completed_async(ids)``."""
         limit = caller_timeout(timeout)
-        records = [self._record(task_id) for task_id in dict.fromkeys(task_ids)]
+        records = [self._lookup.find(task_id) for task_id in dict.fromkeys(task_ids)]
         loop = asyncio.get_running_loop()
         finished: asyncio.Queue[TaskResult] = asyncio.Queue()
 
@@ -838,7 +744,7 @@ class ParallelOrchestrator:
         inside it; if it is still running ``timeout_grace`` seconds later its worker is killed.
         Either way the task ends ``cancelled`` at once.
         """
-        record = self._record(task_id)
+        record = self._lookup.find(task_id)
         supervisor = self._supervisor
         if supervisor is None or record.result is not None:
             return False
@@ -894,7 +800,7 @@ class ParallelOrchestrator:
         for worker in self.get_workers():
             row = worker.model_dump(mode="json")
             row["cpu_percent"] = self._cpu_meter.percent(worker.pid) if worker.rss_bytes is not None else None
-            progress = self._progress_of(worker.current_task)
+            progress = self._lookup.progress_of(worker.current_task)
             row["progress"] = progress.model_dump(mode="json") if progress else None
             workers.append(row)
         running = self._supervisor is not None and self._state == "running"
@@ -991,75 +897,11 @@ class ParallelOrchestrator:
         supervisor = self._running_supervisor()
         return supervisor.call(supervisor.tasks_per_second)
 
-    def _partials_so_far(self, task_id: str) -> tuple[list[tuple[int, Any]], TaskResult | None]:
-        """The task's kept partials as (index, data), and its result if final (for a late watcher)."""
-        return _StreamCursor(self._record(task_id)).take()
-
-    def _progress_of(self, task_id: str | None) -> Progress | None:
-        record = self._tasks.get(task_id) if task_id is not None else None
-        return record.progress if record is not None and record.result is None else None
-
-    def _list_tasks(self, status: str | None, task_type: str | None, limit: int) -> list[dict[str, Any]]:
-        """Task summaries, newest first, for the control socket."""
-        rows: list[dict[str, Any]] = []
-        for record in reversed(list(self._tasks.values())):
-            if (status is None or record.status.value == status) and (
-                task_type is None or record.spec.type == task_type
-            ):
-                rows.append(
-                    {
-                        "task_id": record.task_id,
-                        "type": record.spec.type,
-                        "status": record.status.value,
-                        "priority": record.spec.priority,
-                        "description": record.spec.description,
-                        "attempts": record.attempts,
-                    }
-                )
-                if len(rows) == limit:
-                    break
-        return rows
-
     def _running_supervisor(self) -> Supervisor:
         if self._supervisor is None:
             self._ensure_running()
         assert self._supervisor is not None
         return self._supervisor
-
-    def _record(self, task_id: str) -> TaskRecord:
-        record = self._tasks.get(task_id) if isinstance(task_id, str) else None
-        if record is not None:
-            return record
-        if self._journal is not None and isinstance(task_id, str):
-            row = self._journal.row(task_id)
-            if row is not None and row.result is not None:
-                restored = self._restore(row)  # evicted from memory, still in the journal
-                if not self._outlived_ttl(restored):
-                    return restored
-                ttl = self.config.result_ttl
-                raise TaskNotFoundError(
-                    f"task {task_id!r} was evicted: its result outlived result_ttl={ttl} s"
-                )
-        if isinstance(task_id, str) and self._was_ours(task_id):
-            raise TaskNotFoundError(
-                f"task {task_id!r} was evicted from memory (max_results_in_memory="
-                f"{self.config.max_results_in_memory}); set journal_path to keep old results readable"
-            )
-        raise TaskNotFoundError(f"no task with id {task_id!r} in orchestrator {self.config.name!r}")
-
-    def _outlived_ttl(self, record: TaskRecord) -> bool:
-        """A result past ``result_ttl`` is gone, even before its row leaves SQLite (up to a move
-        interval after it left memory)."""
-        ttl = self.config.result_ttl
-        finished = record.result.finished_at if record.result is not None else None
-        return (
-            ttl is not None and finished is not None and (datetime.now(UTC) - finished).total_seconds() > ttl
-        )
-
-    def _was_ours(self, task_id: str) -> bool:
-        """An id this instance issued (its sequence number says so without storing it)."""
-        seq = task_seq(task_id)
-        return seq is not None and task_id.rpartition("-")[0] == self._instance and seq <= self._issued
 
     def _shutdown_at_exit(self) -> None:
         """An exit without `shutdown` (an unhandled exception, most often): with a journal, the open
@@ -1131,27 +973,6 @@ class PlanHandle:
         return f"<PlanHandle {self.plan_id} tasks={len(self._ids)}>"
 
 
-class _StreamCursor:
-    """Where a stream is in a task's partial results; read without the supervisor's help."""
-
-    def __init__(self, record: TaskRecord) -> None:
-        self._record = record
-        self._next = 0
-
-    def take(self) -> tuple[list[tuple[int, Any]], TaskResult | None]:
-        """The partials not yet taken as (index, data), and the task's result (None while it runs).
-
-        The result is read first: once it is set no partial is added, so the snapshot taken
-        after it holds them all. The supervisor only appends, and ``list()`` of a deque is atomic.
-        """
-        result = self._record.result
-        kept = list(self._record.partials) if self._record.partials is not None else []
-        fresh = [(index, data) for index, data in kept if index >= self._next]
-        if fresh:
-            self._next = fresh[-1][0] + 1
-        return fresh, result
-
-
 def _post_quietly(supervisor: Supervisor, command: Callable[[], None]) -> None:
     with contextlib.suppress(OrchestratorClosedError):
         supervisor.post(command)
@@ -1181,11 +1002,6 @@ def _not_before(record: TaskRecord, now_wall: float) -> float | None:
         return record.run_at
     ahead = record.due - time.monotonic()
     return now_wall + ahead if ahead > 0 else None
-
-
-def _set_final(record: TaskRecord, result: TaskResult) -> None:
-    record.status = result.status
-    record.result = result
 
 
 def _build_config(config: OrchestratorConfig | None, overrides: dict[str, Any]) -> OrchestratorConfig:

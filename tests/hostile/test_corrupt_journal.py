@@ -57,7 +57,7 @@ def test_rows_that_do_not_decode_are_kept_as_failed_tasks(
         assert any(r.levelno == logging.ERROR and bad in r.getMessage() for r in caplog.records)
     assert orch.wait(first, DEADLOCK_TIMEOUT).success
     assert orch.wait(blocker, DEADLOCK_TIMEOUT).success
-    listed = {row["task_id"] for row in orch._list_tasks(None, None, 100)}
+    listed = {row["task_id"] for row in orch._lookup.summaries(None, None, 100)}
     assert {second, third} <= listed
 
 
