@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.errors import ConfigError, InvalidTaskError, OrchestratorError
 from workers import protocol
-from workers.registry import BUILTIN_HANDLERS, HANDLER_PATH
+from workers.builtin import BUILTIN_HANDLERS
+from workers.registry import HANDLER_PATH
 
 _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from orchestrator.config import OrchestratorConfig
-from workers.registry import BUILTIN_HANDLERS
+from workers.builtin import BUILTIN_HANDLERS
 
 _SETTING: Final = "OrchestratorConfig.trusted_targets"
 

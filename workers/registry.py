@@ -7,14 +7,6 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-BUILTIN_HANDLERS: Final[dict[str, str]] = {
-    "monitor": "workers.monitor:run",
-    "research": "workers.research:run",
-    "learn": "workers.learn:run",
-    "optimize": "workers.optimize:run",
-    "analyze": "workers.analyze:run",
-}
-
 HANDLER_PATH: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 

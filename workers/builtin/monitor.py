@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.builtin.options import count, option, positive
 from workers.context import TaskContext
-from workers.options import count, option, positive
 
 _COMMAND_TIMEOUT = 30.0
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlparse
 
+from workers.builtin.options import count, option, strings
 from workers.context import TaskContext
-from workers.options import count, option, strings
 
 FETCH_TIMEOUT = 10.0
 _WINDOW_WORDS = 120  # a long paragraph is cut into windows of this many words

@@ -19,8 +19,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from workers.builtin.options import option
 from workers.context import TaskContext
-from workers.options import option
 
 STRONG = 0.5
 

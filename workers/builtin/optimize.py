@@ -17,8 +17,8 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+from workers.builtin.options import count, option
 from workers.context import TaskContext
-from workers.options import count, option
 from workers.registry import resolve_handler
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")

@@ -24,9 +24,9 @@ from contextlib import closing
 from itertools import combinations, pairwise
 from typing import Any
 
+from workers.builtin.options import option
+from workers.builtin.research import tokenize
 from workers.context import TaskContext
-from workers.options import option
-from workers.research import tokenize
 
 SCHEMA_VERSION = 1
 TERMS_PER_DOCUMENT = 25
