@@ -23,14 +23,13 @@ import functools
 import heapq
 import itertools
 import logging
-import os
 import random
 import selectors
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +77,7 @@ from orchestrator.plans import PlanError, substitute
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
 from orchestrator.supervisor.graph import Collection, TaskGraph, status_counts
+from orchestrator.supervisor.loop import CommandQueue
 from orchestrator.supervisor.record import TaskRecord, is_delayed, result_fields
 from orchestrator.trust import Refused, vetted_config
 from workers import protocol
@@ -185,18 +185,9 @@ class Supervisor:
         self._resource_timer: Timer | None = None
         self._resource_limited = config.max_memory_mb is not None or config.max_cpu_seconds is not None
         self._started = time.monotonic()
-        # Commands for this thread, and submitted tasks queued as they are (a closure per submit
-        # would be four more objects for the GC to count, and the GC sets the submit's p99).
-        self._commands: deque[Callable[[], None] | TaskRecord] = deque()
-        self._commands_lock = threading.Lock()
-        self._exited = False
         # Why the loop ended by a fault of ours (None while it runs, and after a clean shutdown).
         self.failure: str | None = None
-        self._wakeup_r, self._wakeup_w = os.pipe()
-        os.set_blocking(self._wakeup_r, False)
-        os.set_blocking(self._wakeup_w, False)
-        self._wakeup_pending = False
-        self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+        self._commands = CommandQueue(self._selector, self.closed_error)
         # Tasks delayed until a wall-clock time, earliest first, behind one timer.
         self._delayed: list[tuple[float, int, TaskRecord]] = []
         self._delayed_timer: Timer | None = None
@@ -214,23 +205,12 @@ class Supervisor:
 
     def post(self, command: Callable[[], None]) -> None:
         """Run ``command`` on the supervisor thread soon; raise if the supervisor has exited."""
-        self._post((command,))
+        self._commands.put((command,))
 
     def accept(self, records: list[TaskRecord]) -> None:
         """Take newly submitted tasks soon, in order: dependencies first (their queue slots are
         already held); raise if the supervisor has exited."""
-        self._post(records)
-
-    def _post(self, items: Iterable[Callable[[], None] | TaskRecord]) -> None:
-        with self._commands_lock:
-            if self._exited:
-                raise self.closed_error()
-            self._commands.extend(items)
-            # Under the lock: the supervisor closes the pipe under it too, once it has exited.
-            if not self._wakeup_pending:
-                self._wakeup_pending = True
-                with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
-                    os.write(self._wakeup_w, b"\0")
+        self._commands.put(records)
 
     def closed_error(self) -> OrchestratorClosedError:
         """What a command posted after the loop ended raises: why it ended."""
@@ -285,11 +265,8 @@ class Supervisor:
                 timeout = self._timers.time_to_next(time.monotonic())
                 if journal_due is not None:
                     timeout = journal_due if timeout is None else min(timeout, journal_due)
-                # Only from here on must a post wake this thread: one posted while it worked is
-                # seen just below, so a burst of submits costs a wake-up write per idle spell, not
-                # per loop (each write hands the GIL over).
-                self._wakeup_pending = False
-                if self._commands:
+                self._commands.expect_wakeup()
+                if self._commands.pending:
                     timeout = 0
                 self._handle_ready(self._selector.select(clamp_wait(timeout)))
                 self._fire_due_timers()
@@ -334,7 +311,7 @@ class Supervisor:
         return (
             self._closing
             and not self._workers
-            and not self._commands
+            and not self._commands.pending
             and self._counts[TaskStatus.QUEUED] == 0
             and self._counts[TaskStatus.RUNNING] == 0
         )
@@ -354,16 +331,8 @@ class Supervisor:
         for worker in deaths:
             if worker.worker_id in self._workers:
                 self._reap(worker)
-        self._run_commands(woken)
-
-    def _run_commands(self, woken: bool) -> None:
-        # Few bytes wait in the pipe (`post` writes only while no wake-up is pending); one written
-        # after the select returned wakes the next select, which is harmless.
-        if woken:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wakeup_r, 4096)
-        while self._commands:
-            self._execute(self._commands.popleft())
+        for command in self._commands.take(woken):
+            self._execute(command)
 
     def _execute(self, item: Callable[[], None] | TaskRecord) -> None:
         if isinstance(item, TaskRecord):
@@ -1817,11 +1786,7 @@ class Supervisor:
 
     def _close_down(self) -> None:
         """The loop ended (normally or not): no worker, command or open task may be left behind."""
-        with self._commands_lock:
-            self._exited = True
-            leftover = list(self._commands)
-            self._commands.clear()
-        for command in leftover:
+        for command in self._commands.shut():
             try:
                 self._execute(command)
             except Exception:
@@ -1842,9 +1807,7 @@ class Supervisor:
             self._journal.flush(wait=False)  # the rest moves at close, on the caller's thread
         unlink_by_prefix(block_prefix(self._pool.block_namespace)[:-2])
         self._selector.close()
-        with self._commands_lock:
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
+        self._commands.close()
         self._pool.close()
         self._bus.close(wait=False)
 
