@@ -47,35 +47,26 @@ from orchestrator.errors import (
     OrchestratorFailedError,
     QueueFullError,
 )
-from orchestrator.events import Callback, EventBus, call_each
+from orchestrator.events import EventBus
 from orchestrator.journal import Journal, journal_result
 from orchestrator.limits import cpu_seconds, process_tree, signal_processes, tree_rss
-from orchestrator.logs import TaskRef, task_extra, task_logger
+from orchestrator.logs import task_extra
 from orchestrator.messaging import Broker
 from orchestrator.metrics import Metrics, WorkerReading
 from orchestrator.models import (
-    CollectionCompletedEvent,
     ErrorKind,
     GroupStatus,
     OrchestratorStatus,
     Progress,
-    ScheduleFiredEvent,
-    ScheduleMissedEvent,
     TaskError,
-    TaskFinishedEvent,
-    TaskPartialEvent,
-    TaskProgressEvent,
-    TaskQueuedEvent,
     TaskResult,
-    TaskStartedEvent,
     TaskStatus,
-    WorkerExitedEvent,
-    WorkerSpawnedEvent,
     assemble,
 )
 from orchestrator.plans import PlanError, substitute
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
+from orchestrator.supervisor.announce import Announcer
 from orchestrator.supervisor.graph import Collection, TaskGraph, status_counts
 from orchestrator.supervisor.loop import CommandQueue
 from orchestrator.supervisor.record import TaskRecord, is_delayed, result_fields
@@ -103,12 +94,6 @@ MAX_PARTIALS_KEPT: Final = 1000
 RETRYABLE: Final = frozenset({"worker_crashed", "timeout", "memory_limit", "rate_limit"})
 
 _REPLIES: Final = (protocol.TaskDone, protocol.TaskFailed)
-
-_FINAL_EVENT: Final = {
-    TaskStatus.COMPLETED: "task_completed",
-    TaskStatus.ERROR: "task_error",
-    TaskStatus.CANCELLED: "task_cancelled",
-}
 
 
 @dataclass(eq=False)
@@ -150,8 +135,7 @@ class Supervisor:
         metrics: Metrics | None = None,
     ) -> None:
         self._config = config
-        self._metrics = metrics
-        self._log_tasks = config.log_tasks
+        self._announce = Announcer(bus, metrics, config.log_tasks)
         self._tasks = tasks
         self._queue_slots = queue_slots
         self._bus = bus
@@ -377,11 +361,7 @@ class Supervisor:
 
     def _accept_one(self, record: TaskRecord) -> None:
         self._counts[TaskStatus.QUEUED] += 1
-        spec = record.spec
-        if self._metrics is not None:
-            self._metrics.task_queued(spec.type, spec.priority)
-        self._log_task(record, logging.INFO, "task %s queued (priority %d)", record.task_id, spec.priority)
-        self._announce_queued(record)
+        self._announce.queued(record)
         self._graph.join(record)
         failed = self._graph.link(record, self._tasks)
         if failed is not None:
@@ -420,22 +400,6 @@ class Supervisor:
             if record.result is None:
                 self._make_ready(record)
         self._arm_delayed()
-
-    def _announce_queued(self, record: TaskRecord) -> None:
-        listeners = self._bus.listeners("task_queued")
-        if listeners:
-            event = assemble(
-                TaskQueuedEvent,
-                event="task_queued",
-                timestamp=datetime.now(UTC),
-                task_id=record.task_id,
-                type=record.spec.type,
-                priority=record.spec.priority,
-                recovered=record.recovered,
-                parent=record.parent,
-            )
-            about = (record.task_id, record.spec.type, None)
-            self._bus.post(record.task_id, call_each, listeners, event, "task_queued", about)
 
     def _dispatch_ready_tasks(self) -> None:
         if not self._ready:
@@ -779,18 +743,7 @@ class Supervisor:
         record.started_at = time.time()
         record.worker_pid = worker.pid
         worker.last_active = record.started_at
-        if self._metrics is not None:
-            self._metrics.task_started(
-                record.spec.type, record.spec.priority, time.monotonic() - record.ready_at
-            )
-        self._log_task(
-            record,
-            logging.INFO,
-            "task %s started on worker %s (attempt %d)",
-            task_id,
-            worker.worker_id,
-            record.attempts,
-        )
+        self._announce.started(record, worker, time.monotonic() - record.ready_at)
         timeout = record.spec.timeout or self._config.default_task_timeout
         if timeout is not None:
             record.timer = self._timers.schedule(
@@ -799,21 +752,6 @@ class Supervisor:
         if self._config.max_cpu_seconds is not None and worker.slots == 1 and worker.node is None:
             record.cpu_at_start = cpu_seconds(worker.pid)
         self._watch_resources()
-        listeners = self._bus.listeners("task_started")
-        if listeners:
-            event = assemble(
-                TaskStartedEvent,
-                event="task_started",
-                timestamp=datetime.now(UTC),
-                task_id=task_id,
-                type=record.spec.type,
-                worker_id=worker.worker_id,
-                pid=worker.pid,
-                attempt=record.attempts,
-                parent=record.parent,
-            )
-            about = (task_id, record.spec.type, worker.pid)
-            self._bus.post(task_id, call_each, listeners, event, "task_started", about)
 
     def _on_progress(self, worker: WorkerHandle, msg: protocol.TaskProgress) -> None:
         record = self._active_record(worker, msg.task_id)
@@ -822,17 +760,7 @@ class Supervisor:
         progress = record.progress = assemble(
             Progress, task_id=msg.task_id, completed=msg.completed, total=msg.total, message=msg.message
         )
-        listeners = self._bus.listeners("task_progress")
-        if listeners or record.on_progress is not None:
-            self._bus.post(
-                msg.task_id,
-                _deliver_progress,
-                record.on_progress,
-                listeners,
-                progress,
-                (msg.task_id, record.spec.type, worker.pid),
-                coalescible=True,
-            )
+        self._announce.progress(record, progress, worker.pid)
 
     def _on_partial(self, worker: WorkerHandle, msg: protocol.TaskPartial) -> None:
         record = self._active_record(worker, msg.task_id)
@@ -850,18 +778,7 @@ class Supervisor:
         record.partial_count += 1
         for watcher in record.watchers or ():
             watcher()
-        listeners = self._bus.listeners("task_partial")
-        if listeners:
-            event = assemble(
-                TaskPartialEvent,
-                event="task_partial",
-                timestamp=datetime.now(UTC),
-                task_id=msg.task_id,
-                index=index,
-                data=data,
-            )
-            about = (msg.task_id, record.spec.type, worker.pid)
-            self._bus.post(msg.task_id, call_each, listeners, event, "task_partial", about, partial=True)
+        self._announce.partial(record, index, data, worker.pid)
 
     def _on_task_reply(self, worker: WorkerHandle, msg: protocol.TaskDone | protocol.TaskFailed) -> None:
         record = self._active_record(worker, msg.task_id)
@@ -873,8 +790,8 @@ class Supervisor:
             else:
                 if msg.kind == "rate_limit":
                     self._throttle(record.spec.type)
-                elif msg.kind == "memory_limit" and self._metrics is not None:
-                    self._metrics.memory_limit_kill(worker.type)
+                elif msg.kind == "memory_limit":
+                    self._announce.memory_limit_kill(worker)
                 self._fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type, msg.retry_after)
         if isinstance(msg, protocol.TaskFailed) and msg.kind == "memory_limit":
             # Its own cap stopped the handler; its memory is surely given back only with the process.
@@ -929,8 +846,7 @@ class Supervisor:
         retry_after: float | None = None,
     ) -> None:
         """End an attempt without a result: retry it if its spec allows, else finish the task."""
-        if self._metrics is not None:
-            self._metrics.attempt_failed(record.spec.type, kind)
+        self._announce.attempt_failed(record, kind)
         if self._may_retry(record, kind, exception_type):
             self._retry_later(record, kind, message, retry_after)
             return
@@ -958,9 +874,7 @@ class Supervisor:
         It keeps its id and priority.
         """
         self._detach(record)
-        if self._metrics is not None:
-            was_running = record.status is TaskStatus.RUNNING
-            self._metrics.task_requeued(record.spec.type, record.spec.priority, was_running, kind)
+        was_running = record.status is TaskStatus.RUNNING
         self._counts[record.status] -= 1
         self._counts[TaskStatus.QUEUED] += 1
         record.status = TaskStatus.QUEUED
@@ -968,16 +882,7 @@ class Supervisor:
             self._journal.requeued(record.task_id, record.attempts)
         self._end_attempt(record, kind)
         delay = _retry_delay(record.spec, record.attempts, retry_after)
-        self._log_task(
-            record,
-            logging.INFO,
-            "task %s attempt %d failed (%s: %s); retrying in %.2f s",
-            record.task_id,
-            record.attempts,
-            kind,
-            message,
-            delay,
-        )
+        self._announce.retrying(record, was_running, kind, message, delay)
         record.timer = self._timers.schedule(time.monotonic() + delay, self._requeue, record)
 
     def _requeue(self, record: TaskRecord) -> None:
@@ -1036,15 +941,9 @@ class Supervisor:
             duration_s=None if started is None else finished - started,
             parent=record.parent,
         )
-        if self._metrics is not None:
-            was_running = record.status is TaskStatus.RUNNING
-            kind = error.kind if error else None
-            self._metrics.task_finished(
-                record.spec.type, record.spec.priority, was_running, status.value, kind, result.duration_s
-            )
+        self._announce.finished(record, result, was_running=record.status is TaskStatus.RUNNING)
         record.status = status
         record.result = result
-        self._log_final(record, result)
         if self._journal is not None:
             self._journal.finished(record.task_id, status.value, record.attempts, journal_result(result))
         if record.waiters:
@@ -1058,41 +957,13 @@ class Supervisor:
         if self._type_limits and status is TaskStatus.COMPLETED and record.spec.type in self._type_limits:
             self._recover(record.spec.type)
         # Announced before its dependants hear of it, so that a cause's event comes before its effects'.
-        self._announce_final(record, result)
+        self._announce.final(record, result)
         self._release_dependants(record)
         for dep_id in record.dep_ids:
             dependency = self._tasks.get(dep_id)
             if dependency is not None:
                 dependency.needed_by -= 1
         self._retain(record)
-
-    def _log_final(self, record: TaskRecord, result: TaskResult) -> None:
-        if result.success:
-            self._log_task(
-                record, logging.INFO, "task %s completed in %.3f s", record.task_id, result.duration_s or 0.0
-            )
-        elif result.error is not None and result.status is TaskStatus.ERROR:
-            kind, message = result.error.kind, result.error.message
-            self._log_task(record, logging.WARNING, "task %s failed (%s): %s", record.task_id, kind, message)
-        else:
-            message = result.error.message if result.error else "cancelled"
-            self._log_task(record, logging.INFO, "task %s %s", record.task_id, message)
-
-    def _log_task(self, record: TaskRecord, level: int, message: str, *args: Any) -> None:
-        """A record about a task's lifecycle: at ``level`` with log_tasks, else at DEBUG."""
-        if not self._log_tasks:
-            level = logging.DEBUG
-        if task_logger.isEnabledFor(level):
-            extra = task_extra(record.task_id, record.spec.type, record.worker_pid)
-            task_logger.log(level, message, *args, extra=extra)
-
-    def _announce_final(self, record: TaskRecord, result: TaskResult) -> None:
-        name = _FINAL_EVENT[result.status]
-        listeners = self._bus.listeners(name)
-        callback = record.on_complete if result.success else record.on_error
-        if listeners or callback is not None:
-            about = (record.task_id, record.spec.type, record.worker_pid)
-            self._bus.post(record.task_id, _deliver_final, callback, listeners, name, result, about)
 
     def _retain(self, record: TaskRecord) -> None:
         """Keep the newest final results in memory; older ones go (a journal still has them)."""
@@ -1146,7 +1017,7 @@ class Supervisor:
                 done = self._to_release.popleft()
                 dependants, completed = self._graph.release(done)
                 for collection in completed:
-                    self._announce_collection(collection)
+                    self._announce.collection_completed(collection, self.collection_counts(collection))
                 for dependant in dependants:
                     self._on_dependency_final(dependant, done)
         finally:
@@ -1173,20 +1044,6 @@ class Supervisor:
             "dependency_failed",
             f"dependency {dependency.task_id} ended {result.status.value} ({why})",
         )
-
-    def _announce_collection(self, collection: Collection) -> None:
-        name = f"{collection.kind}_completed"
-        listeners = self._bus.listeners(name)
-        if listeners:
-            event = assemble(
-                CollectionCompletedEvent,
-                event=name,
-                timestamp=datetime.now(UTC),
-                name=collection.name,
-                total=len(collection.members),
-                counts=self.collection_counts(collection),
-            )
-            self._bus.post(None, call_each, listeners, event, name)
 
     def collection_counts(self, collection: Collection) -> dict[str, int]:
         """How many of a group's or plan's tasks are in each status."""
@@ -1322,22 +1179,11 @@ class Supervisor:
             return None  # no process free on a node that offers the type (Dask backend)
         self._next_worker_id += 1
         self._workers[worker.worker_id] = worker
-        if self._metrics is not None:
-            self._metrics.worker_spawned()
         self._selector.register(worker.conn.fileno(), selectors.EVENT_READ, (worker, "pipe"))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "exit"))
         deadline = time.monotonic() + self._config.worker_start_timeout
         worker.timer = self._timers.schedule(deadline, self._on_start_timeout, worker)
-        listeners = self._bus.listeners("worker_spawned")
-        if listeners:
-            event = assemble(
-                WorkerSpawnedEvent,
-                event="worker_spawned",
-                timestamp=datetime.now(UTC),
-                worker_id=worker.worker_id,
-                pid=worker.pid,
-            )
-            self._bus.post(None, call_each, listeners, event, "worker_spawned")
+        self._announce.worker_spawned(worker)
         return worker
 
     def _on_start_timeout(self, worker: WorkerHandle) -> None:
@@ -1407,29 +1253,10 @@ class Supervisor:
         if never_started:
             self._start_failures += 1
         reason = worker.exit_reason or "crashed"
-        if self._metrics is not None and reason == "crashed":
-            self._metrics.worker_crashed(worker.type)
+        if reason == "crashed":
+            self._announce.crashed(worker)  # counted before its tasks' results go out
         self._fail_task_of_dead_worker(worker, reason, exitcode, never_started)
-        logger.debug(
-            "worker %d (pid %s) exited: %s, %s",
-            worker.worker_id,
-            worker.pid,
-            reason,
-            exit_reason_of(exitcode),
-        )
-        listeners = self._bus.listeners("worker_exited")
-        if listeners:
-            event = assemble(
-                WorkerExitedEvent,
-                event="worker_exited",
-                timestamp=datetime.now(UTC),
-                worker_id=worker.worker_id,
-                pid=worker.pid,
-                type=worker.type,
-                reason=reason,
-                exitcode=exitcode,
-            )
-            self._bus.post(None, call_each, listeners, event, "worker_exited")
+        self._announce.worker_exited(worker, reason, exitcode)
         self._replenish_workers()
 
     def _fail_task_of_dead_worker(
@@ -1509,8 +1336,7 @@ class Supervisor:
         if limit is None or rss is None or rss <= limit * 2**20:
             return False
         message = f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}"
-        if self._metrics is not None:
-            self._metrics.memory_limit_kill(worker.type)  # counted before its tasks' results go out
+        self._announce.memory_limit_kill(worker)
         for record in running:
             self._fail(record, "memory_limit", message)
         self._kill(worker, "memory_limit")
@@ -1709,12 +1535,7 @@ class Supervisor:
 
     def emit(self, name: str, **fields: Any) -> None:
         """Post a ``schedule_fired`` or ``schedule_missed`` event to its listeners."""
-        listeners = self._bus.listeners(name)
-        if listeners:
-            model = ScheduleFiredEvent if name == "schedule_fired" else ScheduleMissedEvent
-            event = assemble(model, event=name, timestamp=datetime.now(UTC), **fields)
-            self._bus.post(None, call_each, listeners, event, name)
-        logger.debug("%s %s", name, fields)
+        self._announce.schedule(name, **fields)
 
     def save_schedule(self, schedule: Schedule | None, name: str) -> None:
         """Journal a schedule as it now stands, or its removal."""
@@ -1884,38 +1705,3 @@ def _retry_delay(spec: TaskSpec, attempts: int, retry_after: float | None) -> fl
 def _prefetched(record: TaskRecord) -> bool:
     """Sent to a worker ahead of time and not started there (nor being taken back already)."""
     return record.status is TaskStatus.QUEUED and record.worker is not None and not record.revoking
-
-
-def _deliver_progress(
-    callback: Callable[[Progress], object] | None,
-    listeners: tuple[Callback, ...],
-    progress: Progress,
-    about: TaskRef,
-) -> None:
-    if callback is not None:
-        call_each((callback,), progress, "on_progress", about)
-    if listeners:
-        event = assemble(
-            TaskProgressEvent,
-            event="task_progress",
-            timestamp=datetime.now(UTC),
-            task_id=progress.task_id,
-            progress=progress,
-        )
-        call_each(listeners, event, "task_progress", about)
-
-
-def _deliver_final(
-    callback: Callable[[TaskResult], object] | None,
-    listeners: tuple[Callback, ...],
-    name: str,
-    result: TaskResult,
-    about: TaskRef,
-) -> None:
-    if listeners:
-        event = assemble(
-            TaskFinishedEvent, event=name, timestamp=datetime.now(UTC), task_id=result.task_id, result=result
-        )
-        call_each(listeners, event, name, about)
-    if callback is not None:
-        call_each((callback,), result, "on_complete" if result.success else "on_error", about)

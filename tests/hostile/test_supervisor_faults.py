@@ -117,7 +117,7 @@ def test_a_fault_accepting_one_task_fails_only_that_task(
     orch = make_orch(max_workers=1)
     supervisor = orch._supervisor
     assert supervisor is not None
-    announce = supervisor._announce_queued
+    announce = supervisor._announce.queued
     calls = []
 
     def announce_once_broken(record: object) -> None:
@@ -126,7 +126,7 @@ def test_a_fault_accepting_one_task_fails_only_that_task(
             raise Injected("planted in accept")
         announce(record)  # type: ignore[arg-type]
 
-    supervisor._announce_queued = announce_once_broken  # type: ignore[method-assign]
+    supervisor._announce.queued = announce_once_broken  # type: ignore[method-assign]
     first = orch.submit_task({"type": "echo"})
     second = orch.submit_task({"type": "echo"})
     failed = orch.wait(first, DEADLOCK_TIMEOUT)
