@@ -67,6 +67,7 @@ from orchestrator.plans import PlanError, substitute
 from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
 from orchestrator.supervisor.announce import Announcer
+from orchestrator.supervisor.capacity import Capacity
 from orchestrator.supervisor.graph import Collection, TaskGraph, status_counts
 from orchestrator.supervisor.loop import CommandQueue
 from orchestrator.supervisor.record import TaskRecord, is_delayed, result_fields
@@ -151,17 +152,14 @@ class Supervisor:
         self._workers: dict[int, WorkerHandle] = {}
         # One selector for the whole life of the loop: worker pipes, process sentinels, wake-ups.
         self._selector = selectors.DefaultSelector()
-        self._running_by_type: dict[str, int] = {}
+        self._capacity = Capacity(config)
         self._graph = TaskGraph()
         self._recent_finishes: deque[float] = deque(maxlen=THROUGHPUT_SAMPLES)
         self._finished_order: deque[tuple[float, str]] = deque()
         self._ttl_timer: Timer | None = None
         self._to_release: deque[TaskRecord] = deque()
         self._releasing = False
-        # Adaptive concurrency: types throttled after a rate limit, and their successes since.
-        self._type_limits: dict[str, int] = {}
         self._prefetching = False
-        self._successes: dict[str, int] = {}
         self._counts = dict.fromkeys(TaskStatus, 0)
         self._next_worker_id = 1
         self._start_failures = 0
@@ -182,7 +180,6 @@ class Supervisor:
         self._admit_child = admit_child
         self.broker = Broker(bus, blocks, config.max_pending_messages)
         self._child_waits: dict[str, list[_ChildWait]] = {}
-        self._released = 0
         self.thread = threading.Thread(target=self._run, name=f"orch-supervisor-{config.name}", daemon=True)
 
     # ----------------------------------------------------------------- commands (any thread)
@@ -409,7 +406,7 @@ class Supervisor:
         blocked: set[str] = set()
 
         def may_run(task_type: str) -> bool:
-            return task_type not in blocked and self._has_capacity(task_type)
+            return task_type not in blocked and self._capacity.has_room(task_type)
 
         while self._ready:
             best = self._ready.peek_best(may_run)
@@ -430,10 +427,6 @@ class Supervisor:
         if not self._ready:
             self._revoke_prefetched()
         self._retire_unneeded_workers()
-
-    def _has_capacity(self, task_type: str) -> bool:
-        cap = self._type_limits.get(task_type, self._config.worker_type_limits.get(task_type))
-        return cap is None or self._running_by_type.get(task_type, 0) < cap
 
     def _run_message(self, record: TaskRecord) -> protocol.RunTask | None:
         """The RunTask for this attempt: dependencies' results, references substituted.
@@ -573,7 +566,7 @@ class Supervisor:
         if record is None:
             return
         del worker.tasks[task_id]
-        self._running_by_type[record.spec.type] -= 1
+        self._capacity.vacate(record.spec.type)
         record.worker = None
         record.attempts -= 1
         record.revoking = False
@@ -605,7 +598,7 @@ class Supervisor:
         msg.seq = worker.tasks[record.task_id] = worker.sent
         record.worker = worker
         record.attempts += 1
-        self._running_by_type[spec.type] = self._running_by_type.get(spec.type, 0) + 1
+        self._capacity.occupy(spec.type)
         msg.report_start = worker.concurrent is not False
         if worker.state == "starting":
             worker.pending.append(msg)
@@ -789,7 +782,7 @@ class Supervisor:
                 self._complete(record, msg.data)
             else:
                 if msg.kind == "rate_limit":
-                    self._throttle(record.spec.type)
+                    self._capacity.rate_limited(record.spec.type)
                 elif msg.kind == "memory_limit":
                     self._announce.memory_limit_kill(worker)
                 self._fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type, msg.retry_after)
@@ -904,7 +897,7 @@ class Supervisor:
             self._reclaim(record)
         if record.worker is not None:
             record.worker = None
-            self._running_by_type[record.spec.type] -= 1
+            self._capacity.vacate(record.spec.type)
         Timers.cancel(record.timer)
 
     def _finish(
@@ -954,8 +947,8 @@ class Supervisor:
             for watcher in record.watchers:
                 watcher()
             record.watchers.clear()
-        if self._type_limits and status is TaskStatus.COMPLETED and record.spec.type in self._type_limits:
-            self._recover(record.spec.type)
+        if status is TaskStatus.COMPLETED:
+            self._capacity.succeeded(record.spec.type)
         # Announced before its dependants hear of it, so that a cause's event comes before its effects'.
         self._announce.final(record, result)
         self._release_dependants(record)
@@ -1050,32 +1043,6 @@ class Supervisor:
         counts = status_counts([self._tasks[t].status for t in collection.members if t in self._tasks])
         counts["evicted"] = sum(1 for t in collection.members if t not in self._tasks)
         return counts
-
-    # ----------------------------------------------------------------- adaptive concurrency
-
-    def _throttle(self, task_type: str) -> None:
-        """A rate limit: halve the type's parallelism (not below 1)."""
-        current = self._type_limits.get(task_type, self._type_cap(task_type))
-        self._type_limits[task_type] = max(1, current // 2)
-        self._successes[task_type] = 0
-        logger.info("task type %r rate limited: parallelism now %d", task_type, self._type_limits[task_type])
-
-    def _recover(self, task_type: str) -> None:
-        """A success: after as many in a row as the current limit, allow one more, up to the cap."""
-        self._successes[task_type] = self._successes.get(task_type, 0) + 1
-        limit = self._type_limits[task_type]
-        if self._successes[task_type] >= limit:
-            self._successes[task_type] = 0
-            if limit + 1 >= self._type_cap(task_type):
-                del self._type_limits[task_type]
-            else:
-                self._type_limits[task_type] = limit + 1
-
-    def _type_cap(self, task_type: str) -> int:
-        cap = self._config.worker_type_limits.get(task_type)
-        if cap is not None:
-            return cap
-        return self._config.max_workers * self._config.worker_concurrency.get(task_type, 1)
 
     def add_waiters(self, records: list[TaskRecord], notify: Callable[[TaskResult], None]) -> None:
         """Call ``notify(result)`` once each task is final (at once, in the order they finished,
@@ -1461,14 +1428,10 @@ class Supervisor:
             if record.released:
                 self._reclaim(record)
             return
-        limit = self._config.max_waiting_tasks
-        limit = self._config.max_workers if limit is None else limit
-        if record.released or self._released >= limit:
+        if record.released or not self._capacity.lend(record.spec.type):
             return  # beyond max_waiting_tasks a waiting task keeps its slot
         record.released = True
-        self._released += 1
         worker.released += 1
-        self._running_by_type[record.spec.type] -= 1
         if worker.released == len(worker.tasks):
             worker.state = "waiting"
         if worker.lent_out:
@@ -1481,9 +1444,8 @@ class Supervisor:
         worker = record.worker
         assert worker is not None
         record.released = False
-        self._released -= 1
         worker.released -= 1
-        self._running_by_type[record.spec.type] += 1
+        self._capacity.take_back(record.spec.type)
         if worker.state == "waiting":
             worker.state = "busy"
 
@@ -1649,7 +1611,7 @@ class Supervisor:
             max_workers=self._config.max_workers,
             task_queue_size=self._config.task_queue_size,
             uptime_s=time.monotonic() - self._started,
-            type_limits={**self._config.worker_type_limits, **self._type_limits},
+            type_limits=self._capacity.limits(),
         )
 
     def tasks_per_second(self, window: float = 60.0) -> float:
@@ -1664,7 +1626,7 @@ class Supervisor:
 
         def read() -> tuple[list[WorkerReading], dict[str, int]]:
             workers = [(w.type, w.state, w.pid if w.local else None) for w in self._workers.values()]
-            limits = {t: self._type_limits.get(t, self._type_cap(t)) for t in self._config.task_handlers()}
+            limits = self._capacity.allowed(list(self._config.task_handlers()))
             return workers, limits
 
         return self.call(read)
