@@ -417,7 +417,7 @@ class ParallelOrchestrator:
         group = task.depends_on_group
         if group is not None:
             supervisor = self._running_supervisor()
-            if not supervisor.call(lambda: group in supervisor.group_names()):
+            if not supervisor.call(lambda: group in supervisor.results.group_names()):
                 raise GroupNotFoundError(f"depends_on_group names {group!r}, a group with no tasks")
 
     def _new_record(self, spec: TaskSpec, handler: str) -> TaskRecord:
@@ -652,7 +652,7 @@ class ParallelOrchestrator:
         record = self._lookup.find(task_id)
         supervisor = self._running_supervisor()
         changed = threading.Event()
-        supervisor.call(lambda: supervisor.watch(record, changed.set))
+        supervisor.call(lambda: supervisor.results.watch(record, changed.set))
         cursor = StreamCursor(record)
         try:
             while True:
@@ -664,7 +664,7 @@ class ParallelOrchestrator:
                     return
                 changed.wait()
         finally:
-            _post_quietly(supervisor, lambda: supervisor.unwatch(record, changed.set))
+            _post_quietly(supervisor, lambda: supervisor.results.stop_watching(record, changed.set))
 
     async def stream_async(self, task_id: str) -> AsyncIterator[Any]:
         """`stream` for asyncio: ``async for item in orch.stream_async(task_id)``."""
@@ -677,7 +677,7 @@ class ParallelOrchestrator:
             with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wake
                 loop.call_soon_threadsafe(changed.set)
 
-        supervisor.call(lambda: supervisor.watch(record, wake))
+        supervisor.call(lambda: supervisor.results.watch(record, wake))
         cursor = StreamCursor(record)
         try:
             while True:
@@ -690,7 +690,7 @@ class ParallelOrchestrator:
                     return
                 await changed.wait()
         finally:
-            _post_quietly(supervisor, lambda: supervisor.unwatch(record, wake))
+            _post_quietly(supervisor, lambda: supervisor.results.stop_watching(record, wake))
 
     def as_completed(self, task_ids: Iterable[str], timeout: float | None = None) -> Iterator[TaskResult]:
         """Yield the tasks' results in the order they became final (those already final first).
@@ -757,7 +757,7 @@ class ParallelOrchestrator:
             GroupNotFoundError: no task was ever submitted with ``group=name``.
         """
         supervisor = self._running_supervisor()
-        return supervisor.call(lambda: supervisor.group_status(name))
+        return supervisor.call(lambda: supervisor.results.group_status(name))
 
     def wait_group(self, name: str, timeout: float | None = None) -> list[TaskResult]:
         """Wait for the group's current members; their results in submission order.
@@ -889,13 +889,13 @@ class ParallelOrchestrator:
         already final, in order); ``notify`` runs on the supervisor's thread and must not block."""
         supervisor = self._running_supervisor()
         try:
-            supervisor.post(lambda: supervisor.add_waiters(records, notify))
+            supervisor.post(lambda: supervisor.results.add_waiters(records, notify))
         except OrchestratorClosedError:
-            supervisor.add_waiters(records, notify)  # it has exited: every task is final
+            supervisor.results.add_waiters(records, notify)  # it has exited: every task is final
 
     def _tasks_per_second(self) -> float:
         supervisor = self._running_supervisor()
-        return supervisor.call(supervisor.tasks_per_second)
+        return supervisor.call(supervisor.results.tasks_per_second)
 
     def _running_supervisor(self) -> Supervisor:
         if self._supervisor is None:

@@ -41,21 +41,19 @@ from orchestrator.backends.base import ProcessPool, WorkerHandle, exit_reason_of
 from orchestrator.config import OrchestratorConfig, TaskSpec
 from orchestrator.durations import clamp_wait
 from orchestrator.errors import (
-    GroupNotFoundError,
     OrchestratorClosedError,
     OrchestratorError,
     OrchestratorFailedError,
     QueueFullError,
 )
 from orchestrator.events import EventBus
-from orchestrator.journal import Journal, journal_result
+from orchestrator.journal import Journal
 from orchestrator.limits import cpu_seconds, process_tree, signal_processes, tree_rss
 from orchestrator.logs import task_extra
 from orchestrator.messaging import Broker
 from orchestrator.metrics import Metrics, WorkerReading
 from orchestrator.models import (
     ErrorKind,
-    GroupStatus,
     OrchestratorStatus,
     Progress,
     TaskError,
@@ -68,9 +66,10 @@ from orchestrator.scheduler import QueueSlots, ReadyQueue, Timer, Timers
 from orchestrator.schedules import WALL_CLOCK_RECHECK, Schedule, ScheduleRunner
 from orchestrator.supervisor.announce import Announcer
 from orchestrator.supervisor.capacity import Capacity
-from orchestrator.supervisor.graph import Collection, TaskGraph, status_counts
+from orchestrator.supervisor.graph import TaskGraph
 from orchestrator.supervisor.loop import CommandQueue
 from orchestrator.supervisor.record import TaskRecord, is_delayed, result_fields
+from orchestrator.supervisor.results import Results
 from orchestrator.trust import Refused, vetted_config
 from workers import protocol
 from workers.shm import BlockReader, BlockWriter, block_prefix, unlink_block, unlink_by_prefix
@@ -86,8 +85,6 @@ TERMINATE_GRACE: Final = 0.25
 # Workers that die before saying Hello this many times in a row stop the pool from respawning
 # on its own (min_workers, fixed pools); each task still gets its own attempt and error.
 MAX_START_FAILURES: Final = 3
-# Finish times kept for the tasks-per-second figure of `orch status` (a minute at 3,000/s).
-THROUGHPUT_SAMPLES: Final = 200_000
 # Partial results kept per task for `stream` (the oldest are dropped first).
 MAX_PARTIALS_KEPT: Final = 1000
 # The kinds of failure that `TaskSpec.retries` retries (exception only with retry_on_exception, or
@@ -154,9 +151,7 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._capacity = Capacity(config)
         self._graph = TaskGraph()
-        self._recent_finishes: deque[float] = deque(maxlen=THROUGHPUT_SAMPLES)
-        self._finished_order: deque[tuple[float, str]] = deque()
-        self._ttl_timer: Timer | None = None
+        self.results = Results(config, tasks, self._graph, self._timers, journal)
         self._to_release: deque[TaskRecord] = deque()
         self._releasing = False
         self._prefetching = False
@@ -274,18 +269,24 @@ class Supervisor:
             exc_info=exc,
         )
         if self._journal is not None:
-            journal, self._journal = self._journal, None
+            journal = self._journal
+            self._stop_journaling()
             try:
                 journal.flush(wait=False)  # this wake-up's changes, into the intake log; no disk wait
             except Exception:
                 logger.exception("the journal could not take the last changes before the failure")
+
+    def _stop_journaling(self) -> None:
+        """What happens to open tasks from here on is not journaled: they stay open there."""
+        self._journal = None
+        self.results.journal = None
 
     def _flush_journal(self, journal: Journal) -> float | None:
         """Group-commit this wake-up; once results moved into SQLite, older ones may leave memory."""
         due = journal.flush(wait=False)
         if journal.moved_at != self._journal_moved_at:
             self._journal_moved_at = journal.moved_at
-            self._evict()
+            self.results.evict()
         return due
 
     def _finished(self) -> bool:
@@ -349,12 +350,10 @@ class Supervisor:
     def adopt_final(self, records: list[TaskRecord]) -> None:
         """Take in tasks recovered already final: back in their groups and plans, and in line for
         eviction like any other result."""
-        now = time.monotonic()
         for record in records:
             self._graph.join(record)
             self._graph.release(record)
-            self._finished_order.append((now, record.task_id))
-        self._evict()
+        self.results.adopt(records)
 
     def _accept_one(self, record: TaskRecord) -> None:
         self._counts[TaskStatus.QUEUED] += 1
@@ -910,7 +909,6 @@ class Supervisor:
         """Record the task's final result once, then tell waiters, callbacks and listeners."""
         self._counts[record.status] -= 1
         self._counts[status] += 1
-        self._recent_finishes.append(time.monotonic())
         failure = None if status is TaskStatus.COMPLETED else (error.kind if error else status.value)
         self._end_attempt(record, failure)
         self._detach(record)
@@ -935,18 +933,7 @@ class Supervisor:
             parent=record.parent,
         )
         self._announce.finished(record, result, was_running=record.status is TaskStatus.RUNNING)
-        record.status = status
-        record.result = result
-        if self._journal is not None:
-            self._journal.finished(record.task_id, status.value, record.attempts, journal_result(result))
-        if record.waiters:
-            for notify in record.waiters:
-                notify(result)
-            record.waiters.clear()
-        if record.watchers:
-            for watcher in record.watchers:
-                watcher()
-            record.watchers.clear()
+        self.results.settle(record, result)
         if status is TaskStatus.COMPLETED:
             self._capacity.succeeded(record.spec.type)
         # Announced before its dependants hear of it, so that a cause's event comes before its effects'.
@@ -956,46 +943,7 @@ class Supervisor:
             dependency = self._tasks.get(dep_id)
             if dependency is not None:
                 dependency.needed_by -= 1
-        self._retain(record)
-
-    def _retain(self, record: TaskRecord) -> None:
-        """Keep the newest final results in memory; older ones go (a journal still has them)."""
-        self._finished_order.append((time.monotonic(), record.task_id))
-        self._evict()
-        ttl = self._config.result_ttl
-        if ttl is not None and self._ttl_timer is None:
-            self._ttl_timer = self._timers.schedule(time.monotonic() + ttl, self._on_ttl_sweep)
-
-    def _on_ttl_sweep(self) -> None:
-        self._ttl_timer = None
-        self._evict()
-        if self._finished_order and self._config.result_ttl is not None:
-            oldest = self._finished_order[0][0]
-            self._ttl_timer = self._timers.schedule(
-                oldest + self._config.result_ttl + 0.01, self._on_ttl_sweep
-            )
-
-    def _evict(self) -> None:
-        limit = self._config.max_results_in_memory
-        ttl = self._config.result_ttl
-        if ttl is None and len(self._finished_order) <= limit:
-            return
-        now = time.monotonic()
-        # With a journal, a result leaves memory only once it is in SQLite, where reads find it.
-        moved_at = self._journal.moved_at if self._journal is not None else now
-        for _ in range(len(self._finished_order)):
-            finished_at, task_id = self._finished_order[0]
-            expired = ttl is not None and now - finished_at > ttl
-            if (len(self._finished_order) <= limit and not expired) or finished_at >= moved_at:
-                break
-            self._finished_order.popleft()
-            kept = self._tasks.get(task_id)
-            if kept is not None and kept.needed_by > 0:
-                self._finished_order.append((finished_at, task_id))  # a dependant still needs it
-                break
-            self._tasks.pop(task_id, None)
-            if expired and self._journal is not None:
-                self._journal.forget(task_id)
+        self.results.keep(record)
 
     def _release_dependants(self, record: TaskRecord) -> None:
         """Ready or fail the tasks that waited for this one, iteratively (chains can be long)."""
@@ -1010,7 +958,7 @@ class Supervisor:
                 done = self._to_release.popleft()
                 dependants, completed = self._graph.release(done)
                 for collection in completed:
-                    self._announce.collection_completed(collection, self.collection_counts(collection))
+                    self._announce.collection_completed(collection, self.results.counts(collection))
                 for dependant in dependants:
                     self._on_dependency_final(dependant, done)
         finally:
@@ -1037,52 +985,6 @@ class Supervisor:
             "dependency_failed",
             f"dependency {dependency.task_id} ended {result.status.value} ({why})",
         )
-
-    def collection_counts(self, collection: Collection) -> dict[str, int]:
-        """How many of a group's or plan's tasks are in each status."""
-        counts = status_counts([self._tasks[t].status for t in collection.members if t in self._tasks])
-        counts["evicted"] = sum(1 for t in collection.members if t not in self._tasks)
-        return counts
-
-    def add_waiters(self, records: list[TaskRecord], notify: Callable[[TaskResult], None]) -> None:
-        """Call ``notify(result)`` once each task is final (at once, in the order they finished,
-        for those already final); it runs on this thread, so it must not block."""
-        final = [record.result for record in records if record.result is not None]
-        for result in sorted(final, key=lambda result: result.finished_at or _EPOCH):
-            notify(result)
-        for record in records:
-            if record.result is None:
-                record.waiters.append(notify)
-
-    def group_names(self) -> set[str]:
-        """Every group name tasks were submitted with."""
-        return set(self._graph.groups)
-
-    def group_status(self, name: str) -> GroupStatus:
-        """A group's members and counts; raise `GroupNotFoundError` for an unknown name."""
-        group = self._graph.groups.get(name)
-        if group is None:
-            raise GroupNotFoundError(f"no group named {name!r}: no task was submitted with group={name!r}")
-        return GroupStatus(
-            name=name,
-            total=len(group.members),
-            counts=self.collection_counts(group),
-            task_ids=list(group.members),
-        )
-
-    def watch(self, record: TaskRecord, watcher: Callable[[], None]) -> None:
-        """Call ``watcher()`` (on this thread: it must not block) on each partial and at the end."""
-        if record.result is None:
-            if record.watchers is None:
-                record.watchers = []
-            record.watchers.append(watcher)
-        else:
-            watcher()
-
-    def unwatch(self, record: TaskRecord, watcher: Callable[[], None]) -> None:
-        """Stop calling ``watcher``."""
-        if record.watchers and watcher in record.watchers:
-            record.watchers.remove(watcher)
 
     def cancel(self, record: TaskRecord, message: str = "cancelled") -> bool:
         """Cancel a queued or running task; False if it is already final."""
@@ -1533,7 +1435,7 @@ class Supervisor:
         Timers.cancel(self._schedule_timer)
         if keep_queued and self._journal is not None:
             self._journal.flush(wait=False)  # the rest moves at close, on the caller's thread
-            self._journal = None  # what happens to open tasks from here on is not journaled
+            self._stop_journaling()
             self._on_shutdown_deadline()
             self._retire_unneeded_workers()
             return
@@ -1613,12 +1515,6 @@ class Supervisor:
             uptime_s=time.monotonic() - self._started,
             type_limits=self._capacity.limits(),
         )
-
-    def tasks_per_second(self, window: float = 60.0) -> float:
-        """Tasks that became final per second over the last ``window`` seconds (or the uptime)."""
-        now = time.monotonic()
-        recent = sum(1 for t in reversed(self._recent_finishes) if now - t <= window)
-        return recent / max(1e-9, min(window, now - self._started))
 
     def metrics_state(self) -> tuple[list[WorkerReading], dict[str, int]]:
         """For a scrape, from any thread: (type, state, pid if local) of every worker, and the
