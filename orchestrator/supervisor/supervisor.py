@@ -48,7 +48,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventBus
 from orchestrator.journal import Journal
-from orchestrator.limits import cpu_seconds, process_tree, signal_processes, tree_rss
+from orchestrator.limits import process_tree, signal_processes
 from orchestrator.logs import task_extra
 from orchestrator.messaging import Broker
 from orchestrator.metrics import Metrics, WorkerReading
@@ -69,6 +69,7 @@ from orchestrator.supervisor.capacity import Capacity
 from orchestrator.supervisor.graph import TaskGraph
 from orchestrator.supervisor.loop import CommandQueue
 from orchestrator.supervisor.record import TaskRecord, is_delayed, result_fields
+from orchestrator.supervisor.resources import ResourceLimits
 from orchestrator.supervisor.results import Results
 from orchestrator.trust import Refused, vetted_config
 from workers import protocol
@@ -159,8 +160,7 @@ class Supervisor:
         self._next_worker_id = 1
         self._start_failures = 0
         self._closing = False
-        self._resource_timer: Timer | None = None
-        self._resource_limited = config.max_memory_mb is not None or config.max_cpu_seconds is not None
+        self._limits = ResourceLimits(config, self._timers, self._busy_workers, self._judge_usage)
         self._started = time.monotonic()
         # Why the loop ended by a fault of ours (None while it runs, and after a clean shutdown).
         self.failure: str | None = None
@@ -741,9 +741,8 @@ class Supervisor:
             record.timer = self._timers.schedule(
                 time.monotonic() + timeout, self._on_timeout, record, timeout
             )
-        if self._config.max_cpu_seconds is not None and worker.slots == 1 and worker.node is None:
-            record.cpu_at_start = cpu_seconds(worker.pid)
-        self._watch_resources()
+        record.cpu_at_start = self._limits.cpu_at_start(worker)
+        self._limits.watch()
 
     def _on_progress(self, worker: WorkerHandle, msg: protocol.TaskProgress) -> None:
         record = self._active_record(worker, msg.task_id)
@@ -1169,61 +1168,22 @@ class Supervisor:
 
     # ----------------------------------------------------------------- limits
 
-    def _watch_resources(self) -> None:
-        if self._resource_limited and self._resource_timer is None:
-            self._resource_timer = self._timers.schedule(
-                time.monotonic() + self._config.resource_check_interval, self._enforce_resource_limits
-            )
-
-    def _enforce_resource_limits(self) -> None:
-        """Kill workers over max_memory_mb; stop tasks over max_cpu_seconds (as timeouts).
-
-        A local worker is measured here; a worker on a Dask node measures itself when asked, and
-        its answer (`protocol.Usage`) is judged the same way when it arrives.
-        """
-        self._resource_timer = None
-        busy = [w for w in self._workers.values() if w.state == "busy"]
-        for worker in busy:
-            if worker.node is not None:
-                worker.send(protocol.Measure())
-                continue
-            rss = tree_rss(worker.pid) if self._config.max_memory_mb is not None else None
-            cpu = cpu_seconds(worker.pid) if self._config.max_cpu_seconds is not None else None
-            self._judge_usage(worker, rss, cpu)
-        if busy:
-            self._watch_resources()
+    def _busy_workers(self) -> list[WorkerHandle]:
+        return [w for w in self._workers.values() if w.state == "busy"]
 
     def _judge_usage(self, worker: WorkerHandle, rss: int | None, cpu: float | None) -> None:
+        """Carry out what a worker's measured usage calls for."""
         running = [r for r in self._open_records(worker) if r.status is TaskStatus.RUNNING]
-        if running and not self._over_memory(worker, running, rss):
+        if not running:
+            return
+        overuse = self._limits.overuse(worker, running, rss, cpu)
+        if overuse.memory is not None:
+            self._announce.memory_limit_kill(worker)  # counted before its tasks' results go out
             for record in running:
-                self._check_cpu(worker, record, cpu)
-
-    def _over_memory(self, worker: WorkerHandle, running: list[TaskRecord], rss: int | None) -> bool:
-        """Past max_memory_mb, every task on the worker fails with memory_limit and it is killed."""
-        limit = self._config.max_memory_mb
-        if limit is None or rss is None or rss <= limit * 2**20:
-            return False
-        message = f"worker pid {worker.pid} used {rss / 2**20:.0f} MiB, over max_memory_mb={limit:g}"
-        self._announce.memory_limit_kill(worker)
-        for record in running:
-            self._fail(record, "memory_limit", message)
-        self._kill(worker, "memory_limit")
-        return True
-
-    def _check_cpu(self, worker: WorkerHandle, record: TaskRecord, used: float | None) -> None:
-        """A task's CPU time is its worker's, counted from its start: only for one-task workers."""
-        limit = self._config.max_cpu_seconds
-        if limit is None or used is None or worker.slots != 1:
-            return
-        if record.cpu_at_start is None:
-            record.cpu_at_start = used  # a Dask node's first report: counted from there
-            return
-        if used - record.cpu_at_start > limit:
-            spent = used - record.cpu_at_start
-            self._stop(
-                record, "timeout", f"the task used {spent:.1f} s of CPU time, over max_cpu_seconds={limit:g}"
-            )
+                self._fail(record, "memory_limit", overuse.memory)
+            self._kill(worker, "memory_limit")
+        for record, message in overuse.cpu:
+            self._stop(record, "timeout", message)
 
     # ----------------------------------------------------------------- tasks that talk
 
