@@ -1,19 +1,7 @@
-"""The supervisor: the one thread that owns every task's and every worker's mutable state.
+"""`Supervisor`: builds the collaborators of this package and runs the loop on its own thread.
 
-::
-
-    caller threads                supervisor thread                     worker processes
-    --------------                -----------------                     ----------------
-    submit_task ──command──▶ wake-up pipe ─┐
-    cancel / status ─call──▶               ├─ wait() ◀── pipes: Hello, Started, Progress, Done
-                                           │         ◀── sentinels: a worker died
-                                           │         ◀── timers: timeout, grace, idle, limits
-                                           ├─ dispatch_ready_tasks ──RunTask / StopTask──▶
-                                           └─ events ──▶ EventBus thread ──▶ user callbacks
-
-Public methods never touch this state: they post commands (``post``/``call``) that run here, in
-order, between waits. Messages are drained before deaths are handled, so a worker that sent its
-result and then exited is not a crash.
+Public methods never touch its state: they post commands (``post``/``call``) that run here, in
+order, between waits. The package docstring draws the data flow.
 """
 
 from __future__ import annotations
