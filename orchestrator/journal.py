@@ -38,7 +38,6 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,6 +46,7 @@ import msgpack
 from orchestrator.errors import JournalError, OrchestratorError
 from orchestrator.models import TaskError, TaskResult, TaskStatus, task_seq
 from workers import protocol
+from workers.values import utc_moment
 
 logger = logging.getLogger(__name__)
 
@@ -713,15 +713,11 @@ def restore_result(task_id: str, status: TaskStatus, attempts: int, stored: byte
         error=TaskError(**fields["error"]) if fields["error"] else None,
         attempts=attempts,
         worker_pid=fields["worker_pid"],
-        started_at=_utc(fields["started_at"]),
-        finished_at=_utc(fields["finished_at"]),
+        started_at=utc_moment(fields["started_at"]),
+        finished_at=utc_moment(fields["finished_at"]),
         duration_s=fields["duration_s"],
         parent=fields.get("parent"),
     )
-
-
-def _utc(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)
 
 
 def journal_counts(path: str) -> dict[str, Any]:

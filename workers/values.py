@@ -63,12 +63,13 @@ class ChildResult:
             error=None if error is None else TaskError(**error),
             attempts=fields["attempts"],
             worker_pid=fields["worker_pid"],
-            started_at=_moment(fields["started_at"]),
-            finished_at=_moment(fields["finished_at"]),
+            started_at=utc_moment(fields["started_at"]),
+            finished_at=utc_moment(fields["finished_at"]),
             duration_s=fields["duration_s"],
             parent=fields["parent"],
         )
 
 
-def _moment(timestamp: float | None) -> datetime | None:
+def utc_moment(timestamp: float | None) -> datetime | None:
+    """A POSIX timestamp as an aware UTC datetime (None stays None)."""
     return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)

@@ -42,7 +42,7 @@ class WorkerHandle:
     # until its first task started (the handler's kind decides).
     concurrent: bool | None = None
     # Tasks of this worker blocked in a wait whose slot is lent to other work.
-    released: int = 0
+    lent: int = 0
     # The Dask worker whose node runs this process (None: a local worker); its display id.
     node: str | None = None
     label: str | None = None
@@ -83,11 +83,11 @@ class WorkerHandle:
     @property
     def lent_out(self) -> bool:
         """A sync worker whose task waits: it runs nothing else, and counts toward no limit."""
-        return not self.concurrent and self.released > 0
+        return not self.concurrent and self.lent > 0
 
     def _occupied(self) -> int:
         if self.concurrent:
-            return len(self.tasks) - self.released
+            return len(self.tasks) - self.lent
         return len(self.tasks)
 
     @property
@@ -128,7 +128,7 @@ class ProcessPool(Protocol):
 
     def connection_lost(self, worker: WorkerHandle) -> None: ...
 
-    def release(self, worker: WorkerHandle) -> None: ...
+    def forget(self, worker: WorkerHandle) -> None: ...
 
     @property
     def block_namespace(self) -> str: ...

@@ -376,7 +376,7 @@ class DaskPool:
         """The connection to a node process ended: the process is gone."""
         worker.process.mark_dead()  # type: ignore[attr-defined]
 
-    def release(self, worker: WorkerHandle) -> None:
+    def forget(self, worker: WorkerHandle) -> None:
         """Free what the host holds for a reaped process."""
         handles = self._on_node.get(worker.node or "", [])
         if worker in handles:

@@ -114,7 +114,7 @@ class WorkerPool:
         """The worker's pipe hit EOF (a local process's sentinel reports its death by itself)."""
 
     @staticmethod
-    def release(worker: WorkerHandle) -> None:
+    def forget(worker: WorkerHandle) -> None:
         """Free what the host holds for a reaped worker."""
         worker.conn.close()
         if worker.task_conn is not None:

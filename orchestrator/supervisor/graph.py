@@ -82,7 +82,7 @@ class TaskGraph:
         """Whether the task has dependants, or belongs to a group or a plan."""
         return record.task_id in self._dependants or record.spec.group is not None or record.plan is not None
 
-    def release(self, record: TaskRecord) -> tuple[list[TaskRecord], list[Collection]]:
+    def resolve(self, record: TaskRecord) -> tuple[list[TaskRecord], list[Collection]]:
         """The task is final: its dependants (no longer waiting for it) and what it completed."""
         dependants = self._dependants.pop(record.task_id, [])
         for dependant in dependants:

@@ -62,7 +62,7 @@ class TaskRecord:
     detached: bool = False
     children: list[str] | None = None
     # Blocked in ctx.wait or receive, its slot lent to other work.
-    released: bool = False
+    lent: bool = False
     needed_by: int = 0
     # When it last entered the ready queue (monotonic): the start of its queue wait.
     ready_at: float = 0.0
@@ -91,3 +91,16 @@ def result_fields(record: TaskRecord) -> dict[str, Any]:
 def is_delayed(record: TaskRecord, now_mono: float, now_wall: float) -> bool:
     """Whether the task still waits for its delay to end."""
     return record.run_at > now_wall if record.run_at is not None else record.due > now_mono
+
+
+def active_record(tasks: dict[str, TaskRecord], worker: WorkerHandle, task_id: str) -> TaskRecord | None:
+    """The task's record if it is still this worker's and not final (else a message came late)."""
+    record = tasks.get(task_id)
+    if record is None or record.worker is not worker or record.result is not None:
+        return None
+    return record
+
+
+def prefetched(record: TaskRecord) -> bool:
+    """Sent to a worker ahead of time and not started there (nor being taken back already)."""
+    return record.status is TaskStatus.QUEUED and record.worker is not None and not record.revoking

@@ -16,10 +16,11 @@ from typing import Final
 
 from orchestrator.config import OrchestratorConfig
 from orchestrator.errors import GroupNotFoundError
-from orchestrator.journal import Journal, journal_result
+from orchestrator.journal import journal_result
 from orchestrator.models import GroupStatus, TaskResult
 from orchestrator.scheduler import Timer, Timers
 from orchestrator.supervisor.graph import Collection, TaskGraph, status_counts
+from orchestrator.supervisor.journaling import JournalLink
 from orchestrator.supervisor.record import TaskRecord
 
 # Finish times kept for the tasks-per-second figure of `orch status` (a minute at 3,000/s).
@@ -37,14 +38,13 @@ class Results:
         tasks: dict[str, TaskRecord],
         graph: TaskGraph,
         timers: Timers,
-        journal: Journal | None,
+        journaling: JournalLink,
     ) -> None:
         self._config = config
         self._tasks = tasks
         self._graph = graph
         self._timers = timers
-        # None from the supervisor's failure on: what is open then stays open in the journal.
-        self.journal = journal
+        self._journaling = journaling
         self._recent: deque[float] = deque(maxlen=THROUGHPUT_SAMPLES)
         # (monotonic finish time, task id), oldest first: the order results leave memory in.
         self._kept: deque[tuple[float, str]] = deque()
@@ -56,10 +56,9 @@ class Results:
         self._recent.append(time.monotonic())
         record.status = result.status
         record.result = result
-        if self.journal is not None:
-            self.journal.finished(
-                record.task_id, result.status.value, record.attempts, journal_result(result)
-            )
+        journal = self._journaling.journal
+        if journal is not None:
+            journal.finished(record.task_id, result.status.value, record.attempts, journal_result(result))
         if record.waiters:
             for notify in record.waiters:
                 notify(result)
@@ -91,7 +90,8 @@ class Results:
         if ttl is None and len(self._kept) <= limit:
             return
         now = time.monotonic()
-        moved_at = self.journal.moved_at if self.journal is not None else now
+        journal = self._journaling.journal
+        moved_at = journal.moved_at if journal is not None else now
         for _ in range(len(self._kept)):
             finished_at, task_id = self._kept[0]
             expired = ttl is not None and now - finished_at > ttl
@@ -103,8 +103,8 @@ class Results:
                 self._kept.append((finished_at, task_id))  # a dependant still needs it
                 break
             self._tasks.pop(task_id, None)
-            if expired and self.journal is not None:
-                self.journal.forget(task_id)
+            if expired and journal is not None:
+                journal.forget(task_id)
 
     def _on_ttl_sweep(self) -> None:
         self._ttl_timer = None

@@ -98,7 +98,7 @@ def test_a_timer_fault_fails_only_its_task(
     def broken_timeout(record: object, timeout: float) -> None:
         raise Injected("planted in a timer")
 
-    supervisor._on_timeout = broken_timeout  # type: ignore[method-assign]
+    supervisor._lifecycle._on_timeout = broken_timeout  # type: ignore[method-assign]
     doomed = orch.submit_task({"type": "blocker", "config": release.config, "timeout": 0.05})
     result = orch.wait(doomed, DEADLOCK_TIMEOUT)
     assert result.error is not None

@@ -1,0 +1,254 @@
+"""`Dispatcher`: ready tasks to workers. Choosing the worker, building the RunTask, sending tasks
+ahead (prefetch) and asking them back (revoke)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from orchestrator.backends.base import ProcessPool, WorkerHandle
+from orchestrator.config import OrchestratorConfig
+from orchestrator.models import TaskStatus
+from orchestrator.plans import PlanError, substitute
+from orchestrator.scheduler import QueueSlots, Timers
+from orchestrator.supervisor.capacity import Capacity
+from orchestrator.supervisor.fleet import Fleet
+from orchestrator.supervisor.lifecycle import Lifecycle
+from orchestrator.supervisor.line import Line
+from orchestrator.supervisor.record import TaskRecord, active_record
+from orchestrator.trust import Refused, vetted_config
+from workers import protocol
+from workers.shm import BlockWriter
+
+_EMPTY_DEPS: Final = protocol.pack_payload(None)
+
+
+class Dispatcher:
+    """Sends ready tasks, best first, to workers that may run them; owns whether any worker
+    prefetches (then an idle worker, or a better task, may take a task back from one)."""
+
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        tasks: dict[str, TaskRecord],
+        queue_slots: QueueSlots,
+        pool: ProcessPool,
+        blocks: BlockWriter | None,
+        *,
+        line: Line,
+        fleet: Fleet,
+        capacity: Capacity,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self._config = config
+        self._tasks = tasks
+        self._queue_slots = queue_slots
+        self._pool = pool
+        self._blocks = blocks
+        self._line = line
+        self._fleet = fleet
+        self._capacity = capacity
+        self._lifecycle = lifecycle
+        self._prefetching = False
+
+    def dispatch(self) -> None:
+        """Send every ready task that has a worker and room in its type's cap, best first."""
+        if not self._line:
+            if self._prefetching:
+                self._revoke_prefetched()
+            return
+        blocked: set[str] = set()
+
+        def may_run(task_type: str) -> bool:
+            return task_type not in blocked and self._capacity.has_room(task_type)
+
+        while self._line:
+            best = self._line.peek_best(may_run)
+            if best is None:
+                return
+            task_type, task_id = best
+            worker = self._worker_for(task_type)
+            if worker is None:
+                blocked.add(task_type)
+                self._revoke_outranked(self._tasks[task_id])
+                continue
+            record = self._line.pop(task_type)
+            message = self._run_message(record)
+            if message is not None:
+                self._assign(record, worker, message)
+        if not self._line:
+            self._revoke_prefetched()
+        self._fleet.retire_unneeded()
+
+    def on_started(self, worker: WorkerHandle, msg: protocol.TaskStarted) -> None:
+        """A task started: the first start also tells whether the worker runs tasks side by side."""
+        worker.concurrent = msg.concurrent
+        if msg.concurrent:
+            worker.slots = self._config.worker_concurrency.get(worker.type or "", 1)
+        else:
+            worker.prefetch = self._config.prefetch
+            self._prefetching = self._config.prefetch > 0
+        record = active_record(self._tasks, worker, msg.task_id)
+        if record is not None and record.status is TaskStatus.QUEUED:
+            self._lifecycle.begin(worker, record)
+
+    def _run_message(self, record: TaskRecord) -> protocol.RunTask | None:
+        """The RunTask for this attempt: dependencies' results, references substituted.
+
+        None when a reference cannot be resolved (the task has then failed).
+        """
+        spec = record.spec
+        config, deps = record.packed_config, _EMPTY_DEPS
+        substituted: dict[str, Any] | None = None
+        if record.dep_ids:
+            results, errors = self._dependency_outcomes(record)
+            deps = protocol.pack_payload([results, errors], self._blocks, _blocks_of(record))
+            if record.plan_refs:
+                try:
+                    substituted = _substituted_config(record, results, errors)
+                    config = protocol.pack_payload(substituted, self._blocks, _blocks_of(record))
+                except (PlanError, protocol.PayloadError) as exc:
+                    self._lifecycle.fail(record, "dependency_failed", str(exc))
+                    return None
+        try:
+            vetted = vetted_config(
+                record.handler, spec.config if substituted is None else substituted, self._config
+            )
+            if vetted is not None:
+                config = protocol.pack_payload(vetted, self._blocks, _blocks_of(record))
+        except Refused as exc:
+            self._lifecycle.fail(record, "exception", str(exc), exception_type="PermissionError")
+            return None
+        return protocol.RunTask(
+            record.task_id,
+            spec.type,
+            record.handler,
+            spec.description,
+            config,
+            deps,
+            record.attempts + 1,
+            spec.group,
+        )
+
+    def _dependency_outcomes(self, record: TaskRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The data of each dependency that succeeded, and the error of each that did not."""
+        results: dict[str, Any] = {}
+        errors: dict[str, Any] = {}
+        for dep_id in record.dep_ids:
+            outcome = self._tasks[dep_id].result
+            assert outcome is not None
+            if outcome.success:
+                results[dep_id] = outcome.data
+            else:
+                errors[dep_id] = outcome.error.model_dump() if outcome.error else {}
+        return results, errors
+
+    def _worker_for(self, task_type: str) -> WorkerHandle | None:
+        """Where the task goes: a worker of its type that starts it at once (the most recently
+        active), an untyped one, a new one, then the least loaded one of its type that can hold it
+        queued (prefetch); else none, and an idle worker of another type is retired for room."""
+        # One pass over the pool, on every dispatch: it runs per task.
+        pool = self._pool
+        typed = untyped = ahead = None
+        working = 0
+        for w in self._fleet.workers.values():
+            working += not w.lent_out
+            if w.type == task_type:
+                if (typed is None or w.last_active > typed.last_active) and w.has_room():
+                    typed = w if pool.may_run(w, task_type) else typed
+                if (ahead is None or len(w.tasks) < len(ahead.tasks)) and w.can_prefetch():
+                    ahead = w
+            elif w.type is None and (untyped is None or w.last_active > untyped.last_active) and w.has_room():
+                untyped = w if pool.may_run(w, task_type) else untyped
+        if typed is not None or untyped is not None:
+            return typed or untyped
+        if working < self._config.max_workers:
+            spawned = self._fleet.spawn(task_type)
+            if spawned is not None:
+                return spawned
+        if ahead is None:
+            self._fleet.make_room()
+        return ahead
+
+    def _assign(self, record: TaskRecord, worker: WorkerHandle, msg: protocol.RunTask) -> None:
+        spec = record.spec
+        if record.holds_slot:
+            record.holds_slot = False
+            self._queue_slots.give()
+        if worker.state != "starting":
+            Timers.cancel(worker.timer)  # its idle timer (a starting worker's is its start deadline)
+        worker.type = spec.type
+        worker.sent += 1
+        msg.seq = worker.tasks[record.task_id] = worker.sent
+        record.worker = worker
+        record.attempts += 1
+        self._capacity.occupy(spec.type)
+        msg.report_start = worker.concurrent is not False
+        if worker.state == "starting":
+            worker.pending.append(msg)
+        else:
+            worker.state = "busy"
+            worker.send(msg)
+            if len(worker.tasks) == 1:
+                self._lifecycle.start_head(worker)
+
+    # ----------------------------------------------------------------- taking tasks back
+
+    def _revoke_prefetched(self) -> None:
+        """An idle worker must not watch a task wait behind a long one elsewhere: ask for it back."""
+        workers = self._fleet.workers.values()
+        idle = [w for w in workers if w.state == "idle" and w.exit_reason is None]
+        for worker in idle:
+            for other in workers:
+                if other is worker or (worker.type is not None and other.type != worker.type):
+                    continue
+                record = next(iter(self._fleet.held_behind(other)), None)
+                if record is not None:
+                    self.revoke(record)
+                    break
+
+    def _revoke_outranked(self, waiting: TaskRecord) -> None:
+        """A task waits for a worker while one of lower priority sits prefetched: take that back."""
+        if not self._prefetching:
+            return
+        outranked = [
+            record
+            for worker in self._fleet.workers.values()
+            if worker.type == waiting.spec.type
+            for record in self._fleet.held_behind(worker)
+            if record.spec.priority < waiting.spec.priority
+        ]
+        if outranked:
+            self.revoke(min(outranked, key=lambda r: (r.spec.priority, -r.seq)))
+
+    def revoke(self, record: TaskRecord) -> None:
+        """Ask the worker that holds a prefetched task to give it back (it answers `Revoked`, or
+        `TaskStarted` when it had taken it already)."""
+        worker = record.worker
+        assert worker is not None
+        record.revoking = True
+        worker.send(protocol.Revoke(record.task_id, worker.tasks[record.task_id]))
+
+    def on_revoked(self, worker: WorkerHandle, msg: protocol.Revoked) -> None:
+        """The worker gave a task back: it goes back in line."""
+        record = active_record(self._tasks, worker, msg.task_id)
+        if record is not None and not record.revoking:
+            # A task given back that was never asked back would run again, and again.
+            raise protocol.ProtocolError(f"Revoked {msg.task_id!r}, which the host did not ask back")
+        self._lifecycle.take_back(worker, msg.task_id)
+
+
+def _substituted_config(record: TaskRecord, results: dict[str, Any], errors: dict[str, Any]) -> Any:
+    refs = record.plan_refs or {}
+
+    def lookup(plan_id: str) -> Any:
+        task_id = refs[plan_id]
+        return results[task_id] if task_id in results else errors.get(task_id)
+
+    return substitute(record.spec.config, lookup)
+
+
+def _blocks_of(record: TaskRecord) -> list[str]:
+    """The list the names of the task's blocks go to (made on first use)."""
+    if record.blocks is None:
+        record.blocks = []
+    return record.blocks

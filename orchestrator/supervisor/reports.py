@@ -1,0 +1,129 @@
+"""`Reports`: what a worker says about the tasks it runs (progress, partial results, a result or a
+failure, its usage), and what its death means for them."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+from orchestrator.backends.base import WorkerHandle, exit_reason_of
+from orchestrator.models import Progress, TaskStatus, assemble
+from orchestrator.supervisor.announce import Announcer
+from orchestrator.supervisor.capacity import Capacity
+from orchestrator.supervisor.fleet import Fleet, WorkerExit
+from orchestrator.supervisor.lifecycle import Lifecycle
+from orchestrator.supervisor.record import TaskRecord, active_record, prefetched
+from workers import protocol
+from workers.shm import BlockReader
+
+# Partial results kept per task for `stream` (the oldest are dropped first).
+MAX_PARTIALS_KEPT: Final = 1000
+
+
+class Reports:
+    """Turns a worker's reports into task state; a report about a task no longer its own is late,
+    and ignored."""
+
+    def __init__(
+        self,
+        tasks: dict[str, TaskRecord],
+        lifecycle: Lifecycle,
+        fleet: Fleet,
+        capacity: Capacity,
+        announce: Announcer,
+        block_reader: BlockReader,
+    ) -> None:
+        self._tasks = tasks
+        self._lifecycle = lifecycle
+        self._fleet = fleet
+        self._capacity = capacity
+        self._announce = announce
+        self._block_reader = block_reader
+
+    def on_progress(self, worker: WorkerHandle, msg: protocol.TaskProgress) -> None:
+        """The handler reported progress."""
+        record = active_record(self._tasks, worker, msg.task_id)
+        if record is None:
+            return
+        progress = record.progress = assemble(
+            Progress, task_id=msg.task_id, completed=msg.completed, total=msg.total, message=msg.message
+        )
+        self._announce.progress(record, progress, worker.pid)
+
+    def on_partial(self, worker: WorkerHandle, msg: protocol.TaskPartial) -> None:
+        """The handler emitted a partial result: kept for streams (the newest MAX_PARTIALS_KEPT)."""
+        record = active_record(self._tasks, worker, msg.task_id)
+        if record is None:
+            return
+        try:
+            data = protocol.unpack_payload(msg.data, self._block_reader)
+        except protocol.PayloadError as exc:
+            self._lifecycle.fail(record, "serialization", f"a partial result {exc}")
+            return
+        index = record.partial_count
+        if record.partials is None:
+            record.partials = deque(maxlen=MAX_PARTIALS_KEPT)
+        record.partials.append((index, data))
+        record.partial_count += 1
+        for watcher in record.watchers or ():
+            watcher()
+        self._announce.partial(record, index, data, worker.pid)
+
+    def on_reply(self, worker: WorkerHandle, msg: protocol.TaskDone | protocol.TaskFailed) -> None:
+        """The task's attempt ended with a result or a failure; its worker takes the next."""
+        record = active_record(self._tasks, worker, msg.task_id)
+        if record is not None:
+            if record.status is TaskStatus.QUEUED:  # it ended before the answer to a Revoke came
+                self._lifecycle.begin(worker, record)
+            if isinstance(msg, protocol.TaskDone):
+                self._complete(record, msg.data)
+            else:
+                self._failed(worker, record, msg)
+        if isinstance(msg, protocol.TaskFailed) and msg.kind == "memory_limit":
+            # Its own cap stopped the handler; its memory is surely given back only with the process.
+            self._fleet.kill(worker, "memory_limit")
+        elif msg.task_id in worker.tasks:
+            self._fleet.task_over(worker, msg.task_id)
+            self._lifecycle.start_head(worker)
+
+    def _complete(self, record: TaskRecord, packed: bytes) -> None:
+        try:
+            data = protocol.unpack_payload(packed, self._block_reader)
+        except protocol.PayloadError as exc:
+            self._lifecycle.fail(record, "serialization", f"the handler's result {exc}")
+            return
+        self._lifecycle.finish(record, TaskStatus.COMPLETED, data=data)
+
+    def _failed(self, worker: WorkerHandle, record: TaskRecord, msg: protocol.TaskFailed) -> None:
+        if msg.kind == "rate_limit":
+            self._capacity.rate_limited(record.spec.type)
+        elif msg.kind == "memory_limit":
+            self._announce.memory_limit_kill(worker)
+        lifecycle = self._lifecycle
+        lifecycle.fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type, msg.retry_after)
+
+    def on_usage(self, worker: WorkerHandle, msg: protocol.Usage) -> None:
+        """A remote worker measured its own memory and CPU time."""
+        self._lifecycle.judge_usage(worker, msg.rss, msg.cpu)
+
+    def on_death(self, worker: WorkerHandle, end: WorkerExit) -> None:
+        """The worker's process ended: a task it never started goes back in line; the others fail."""
+        how = (
+            exit_reason_of(end.exitcode)
+            if worker.node is None
+            else f"connection lost; Dask worker {worker.node}"
+        )
+        if worker.violation is not None:
+            message = f"worker pid {worker.pid} broke the protocol and was killed ({worker.violation})"
+        elif end.never_started:
+            message = (
+                f"worker pid {worker.pid} exited during start-up ({how}); see its stderr. "
+                'A common cause: the host script lacks `if __name__ == "__main__":`'
+            )
+        else:
+            message = f"worker pid {worker.pid} died while running the task ({how})"
+        for record in self._fleet.open_records(worker):
+            if prefetched(record) and (not end.never_started or end.reason == "start_timeout"):
+                self._lifecycle.take_back(worker, record.task_id)
+            else:
+                self._lifecycle.fail(record, "worker_crashed", message)
