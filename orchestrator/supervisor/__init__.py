@@ -16,19 +16,28 @@ Only the command queue is touched from other threads; everything else lives on t
 thread and shares its one `Timers` and one selector. Messages are drained before deaths are
 handled, so a worker that sent its result and then exited is not a crash.
 
-The collaborators, each owning one thing:
+The collaborators, each owning one thing, listed from the bottom up (each imports only those
+above it in this list; a lower one that must reach a higher one is handed a callable):
 
 - ``record``: `TaskRecord`, a task as the host tracks it, and its wire form for ``ctx.wait``.
 - ``loop``: `CommandQueue`, the commands and submitted tasks other threads hand in, and the
   wake-up pipe.
+- ``journaling``: `JournalLink`, whether task changes are still journaled.
 - ``graph``: `TaskGraph`, who waits for whom (dependencies, groups, plans).
 - ``capacity``: `Capacity`, running tasks per type against their caps, AIMD limits and lent slots.
+- ``announce``: `Announcer`, every event, task log line and metric hook, built once.
 - ``results``: `Results`, settled results, their waiters and watchers, retention and group counts.
 - ``resources``: `ResourceLimits`, measuring busy workers against max_memory_mb and max_cpu_seconds.
-- ``announce``: `Announcer`, every event, task log line and metric hook, built once.
-- ``supervisor``: `Supervisor`, which builds them and runs the loop: dispatch, worker messages, a
-  task's lifecycle, the worker fleet, tasks that talk, the schedule host and shutdown (still to be
-  split into collaborators of their own).
+- ``line``: `Line`, ready tasks by type and priority, and delayed ones behind their timers.
+- ``fleet``: `Fleet`, the worker processes from spawn to burial (idle timeouts, retiring, killing).
+- ``conversation``: `Conversation`, tasks that talk: topics, sub-tasks, waits, lent slots.
+- ``lifecycle``: `Lifecycle`, a task from acceptance to its final result, and the count per state.
+- ``reports``: `Reports`, what workers say about their tasks, and what a worker's death means.
+- ``dispatch``: `Dispatcher`, ready tasks to workers, prefetch and revoke.
+- ``inbox``: `Inbox`, frames from workers, each message handed on through a type -> handler table.
+- ``schedule_host``: `TaskScheduleHost`, what the schedule runner does to tasks.
+- ``shutdown``: `Shutdown`, how open tasks end when the orchestrator shuts down.
+- ``supervisor``: `Supervisor`, which builds them and runs the loop as named steps.
 """
 
 from orchestrator.supervisor.record import TaskRecord as TaskRecord

@@ -80,74 +80,94 @@ class Supervisor:
         self._journaling = JournalLink(journal)
         self._journal_moved_at = 0.0
         self._announce = Announcer(bus, metrics, config.log_tasks)
-        self._build(queue_slots, blocks, admit, admit_child)
+        # Blocks come only from this orchestrator's own processes (shared memory is off on Dask).
+        accepted = block_prefix(pool.block_namespace)[:-2] if blocks is not None else None
+        block_reader = BlockReader(copy=True, accept=accepted)
+        self._build_task_state(queue_slots, blocks, block_reader, admit_child)
+        self._build_around_it(queue_slots, blocks, block_reader, admit)
         pool.on_arrival = self._wake
         self.thread = threading.Thread(target=self._run, name=f"orch-supervisor-{config.name}", daemon=True)
 
-    def _build(
+    def _build_task_state(
         self,
         queue_slots: QueueSlots,
         blocks: BlockWriter | None,
-        admit: Admit | None,
+        block_reader: BlockReader,
         admit_child: AdmitChild | None,
     ) -> None:
-        """The collaborators, each built on those below it (arrows point down)."""
+        """The collaborators that hold tasks and workers, each built on those before it."""
         config, tasks, timers = self._config, self._tasks, self._timers
-        # Blocks come only from this orchestrator's own processes (shared memory is off on Dask).
-        accepted = block_prefix(self._pool.block_namespace)[:-2] if blocks is not None else None
-        block_reader = BlockReader(copy=True, accept=accepted)
-        announce, journaling = self._announce, self._journaling
-        capacity = self._capacity = Capacity(config)
-        graph = self._graph = TaskGraph()
-        self.results = Results(config, tasks, graph, timers, journaling)
-        line = self._line = Line(timers, tasks)
-        fleet = self._fleet = Fleet(config, self._pool, self._selector, timers, announce, tasks, line)
-        conversation = self._conversation = Conversation(
-            config, tasks, self._bus, capacity, fleet, blocks, block_reader, admit_child, self._accept_one
+        self._capacity = Capacity(config)
+        self._graph = TaskGraph()
+        self.results = Results(config, tasks, self._graph, timers, self._journaling)
+        self._line = Line(timers, tasks)
+        self._fleet = Fleet(config, self._pool, self._selector, timers, self._announce, tasks, self._line)
+        self._conversation = Conversation(
+            config,
+            tasks,
+            self._bus,
+            self._capacity,
+            self._fleet,
+            blocks,
+            block_reader,
+            admit_child,
+            self._accept,
         )
-        lifecycle = self._lifecycle = Lifecycle(
+        self._lifecycle = Lifecycle(
             config,
             tasks,
             queue_slots,
             timers,
-            line=line,
-            fleet=fleet,
-            capacity=capacity,
-            graph=graph,
+            line=self._line,
+            fleet=self._fleet,
+            capacity=self._capacity,
+            graph=self._graph,
             results=self.results,
-            announce=announce,
-            journaling=journaling,
-            conversation=conversation,
+            announce=self._announce,
+            journaling=self._journaling,
+            conversation=self._conversation,
         )
-        reports = Reports(tasks, lifecycle, fleet, capacity, announce, block_reader)
+
+    def _build_around_it(
+        self,
+        queue_slots: QueueSlots,
+        blocks: BlockWriter | None,
+        block_reader: BlockReader,
+        admit: Admit | None,
+    ) -> None:
+        """The collaborators that move tasks through that state: dispatch, messages, schedules,
+        shutdown."""
+        tasks, timers, lifecycle, fleet = self._tasks, self._timers, self._lifecycle, self._fleet
+        self._reports = Reports(tasks, lifecycle, fleet, self._capacity, self._announce, block_reader)
         self._dispatch = Dispatcher(
-            config,
+            self._config,
             tasks,
             queue_slots,
             self._pool,
             blocks,
-            line=line,
+            line=self._line,
             fleet=fleet,
-            capacity=capacity,
+            capacity=self._capacity,
             lifecycle=lifecycle,
         )
-        self._inbox = Inbox(fleet, self._message_handlers(reports))
-        schedule_host = TaskScheduleHost(
-            tasks, timers, admit, lifecycle=lifecycle, fleet=fleet, announce=announce, journaling=journaling
-        )
-        self.schedules = ScheduleRunner(schedule_host, clocks)
-        self._shutdown = Shutdown(
+        self._inbox = Inbox(fleet, self._message_handlers())
+        host = TaskScheduleHost(
             tasks,
             timers,
+            admit,
             lifecycle=lifecycle,
             fleet=fleet,
-            schedule_host=schedule_host,
-            journaling=journaling,
+            announce=self._announce,
+            journaling=self._journaling,
         )
-        self._reports = reports
+        self.schedules = ScheduleRunner(host, clocks)
+        self._shutdown = Shutdown(
+            tasks, timers, lifecycle=lifecycle, fleet=fleet, schedule_host=host, journaling=self._journaling
+        )
 
-    def _message_handlers(self, reports: Reports) -> Handlers:
+    def _message_handlers(self) -> Handlers:
         """Who handles each message a worker sends."""
+        reports = self._reports
         return {
             protocol.TaskDone: reports.on_reply,
             protocol.TaskFailed: reports.on_reply,
@@ -263,7 +283,7 @@ class Supervisor:
     def _execute(self, item: Callable[[], None] | TaskRecord) -> None:
         if isinstance(item, TaskRecord):
             try:
-                self._accept_one(item)
+                self._accept(item)
             except Exception as exc:  # noqa: BLE001 - contained to that task
                 self._contain(exc, "accepting it", item)
         else:
@@ -342,7 +362,7 @@ class Supervisor:
 
     # ----------------------------------------------------------------- steps named in the tables
 
-    def _accept_one(self, record: TaskRecord) -> None:
+    def _accept(self, record: TaskRecord) -> None:
         self._lifecycle.accept(record)
 
     def _on_waiting(self, worker: WorkerHandle, msg: protocol.Waiting) -> None:
