@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.config import OrchestratorConfig, TaskSpec
-    from orchestrator.core import ParallelOrchestrator, PlanHandle
+    from orchestrator.core import ParallelOrchestrator
     from orchestrator.errors import (
         ConfigError,
         GroupNotFoundError,
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         WorkerInfo,
         WorkerSpawnedEvent,
     )
+    from orchestrator.plan_handle import PlanHandle
     from orchestrator.plans import PlanError
 
 _EXPORTS: dict[str, str] = {
@@ -79,7 +80,7 @@ _EXPORTS: dict[str, str] = {
     "OrchestratorFailedError": "orchestrator.errors",
     "GroupNotFoundError": "orchestrator.errors",
     "PlanError": "orchestrator.plans",
-    "PlanHandle": "orchestrator.core",
+    "PlanHandle": "orchestrator.plan_handle",
     "GroupStatus": "orchestrator.models",
     "CollectionCompletedEvent": "orchestrator.models",
     "ScheduleError": "orchestrator.errors",

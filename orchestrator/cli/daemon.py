@@ -27,8 +27,8 @@ def run_daemon(fields: dict[str, Any], name: str | None, grace: float) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     orchestrator.initialize()
-    control = orchestrator._control
-    where = str(control.path) if control is not None else "no control socket"
+    control_path = orchestrator.control_socket_path
+    where = str(control_path) if control_path is not None else "no control socket"
     if orchestrator.metrics_url:
         where += f", metrics on {orchestrator.metrics_url}"
     print(f"orchestrator {orchestrator.config.name!r} running (pid {os.getpid()}, {where})", flush=True)

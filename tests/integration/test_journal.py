@@ -295,7 +295,7 @@ if __name__ == "__main__":
     parent = orch.submit_task({{"type": "parent", "config": {{"end": "hang", "detached": detached}}}})
     while len(children) < 2:
         time.sleep(0.01)
-    orch._journal.flush()  # what the supervisor's next wake-up would commit anyway
+    orch._assembly.journal.flush()  # what the supervisor's next wake-up would commit anyway
     print(parent, *children, flush=True)
     time.sleep(600)
 """
