@@ -20,7 +20,7 @@ from orchestrator.errors import (
     QueueFullError,
     UnknownTaskTypeError,
 )
-from orchestrator.journal import Journal
+from orchestrator.journal import Journal, NewTask
 from orchestrator.lookup import TaskIds, TaskLookup
 from orchestrator.models import Progress, TaskResult
 from orchestrator.plans import PlanError, references, validate_plan
@@ -218,21 +218,21 @@ def validate_spec(spec: TaskSpec | dict[str, Any]) -> TaskSpec:
         raise InvalidTaskError(f"invalid task spec: {describe(exc)}") from exc
 
 
-def _journal_row(record: TaskRecord) -> tuple[Any, ...]:
+def _journal_row(record: TaskRecord) -> NewTask:
     spec = record.spec
     now_wall = time.time()
-    return (
-        record.task_id,
-        record.seq,
-        spec.model_dump_json(exclude={"config"}, exclude_defaults=True),  # a smaller row: faster moves
-        protocol.pack_payload(spec.config),  # never a shared-memory reference: blocks die with the host
-        record.handler,
-        record.plan,
-        json.dumps(record.plan_refs) if record.plan_refs else None,
-        now_wall,
-        _not_before(record, now_wall),
-        record.parent,
-        record.detached,
+    return NewTask(
+        task_id=record.task_id,
+        seq=record.seq,
+        spec=spec.model_dump_json(exclude={"config"}, exclude_defaults=True),  # a smaller row: faster moves
+        config=protocol.pack_payload(spec.config),
+        handler=record.handler,
+        plan=record.plan,
+        plan_refs=json.dumps(record.plan_refs) if record.plan_refs else None,
+        submitted_at=now_wall,
+        not_before=_not_before(record, now_wall),
+        parent=record.parent,
+        detached=record.detached,
     )
 
 

@@ -83,7 +83,7 @@ def test_a_table_sqlite_cannot_read_fails_cleanly(
 DAMAGED_HOST = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from orchestrator import journal
+from orchestrator.journal import journal
 
 journal.MOVE_INTERVAL = 3600.0  # nothing reaches SQLite: the intake holds it all
 j = journal.Journal({path!r})

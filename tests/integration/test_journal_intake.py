@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from orchestrator import journal
+from orchestrator.journal import journal
 
 journal.MOVE_INTERVAL = 3600.0  # nothing reaches SQLite but what the test moves on purpose
 j = journal.Journal({path!r})
@@ -129,9 +129,9 @@ def test_a_host_killed_mid_move_replays_both_files_in_order(tmp_path: Path) -> N
 
 
 def test_a_failed_move_is_rolled_back_and_retried(tmp_path: Path, monkeypatch, caplog) -> None:
-    from orchestrator import journal as journal_module
+    from orchestrator.journal import journal as journal_module
 
-    real = journal_module._upsert_sql
+    real = journal_module.upsert_sql
     failures = []
 
     def fails_once(rows: int) -> str:
@@ -142,7 +142,7 @@ def test_a_failed_move_is_rolled_back_and_retried(tmp_path: Path, monkeypatch, c
 
     journal = Journal(str(tmp_path / "journal.db"))
     try:
-        monkeypatch.setattr(journal_module, "_upsert_sql", fails_once)
+        monkeypatch.setattr(journal_module, "upsert_sql", fails_once)
         journal.add([("ab-1", 1, '{"type": "echo"}', b"\x80", "h", None, None, 0.0, None, None, False)])
         journal.flush(wait=True)
         assert failures, "the first move failed"
