@@ -141,7 +141,7 @@ class Broker:
         subscription = self._by_sub.get((worker.worker_id, sub_id))
         if subscription is not None and message_id in subscription.unread:
             subscription.unread.discard(message_id)
-            self._release(message_id)
+            self._drop_reader(message_id)
 
     def close(self) -> None:
         """Unlink the blocks of every message still in flight."""
@@ -165,7 +165,7 @@ class Broker:
             if message_id and delivered:
                 subscription.unread.add(message_id)
             elif message_id:
-                self._release(message_id)
+                self._drop_reader(message_id)
 
     def _remove(self, subscription: _WorkerSubscription | _HostSubscription) -> None:
         subscriptions = self._topics.get(subscription.topic, [])
@@ -176,10 +176,11 @@ class Broker:
         if isinstance(subscription, _WorkerSubscription):
             self._by_sub.pop((subscription.worker.worker_id, subscription.sub_id), None)
             for message_id in subscription.unread:
-                self._release(message_id)
+                self._drop_reader(message_id)
             subscription.unread.clear()
 
-    def _release(self, message_id: int) -> None:
+    def _drop_reader(self, message_id: int) -> None:
+        """One reader less for a message in blocks; the last one unlinks them."""
         entry = self._in_blocks.get(message_id)
         if entry is None:
             return

@@ -73,6 +73,10 @@ class Metrics:
             {"name": name, "backend": backend, "version": _version()}
         )
 
+        self._define_counters(prom, registry)
+        self._define_distributions(prom, registry)
+
+    def _define_counters(self, prom: Any, registry: Any) -> None:
         def counter(metric: str, doc: str, *labels: str) -> _Children:
             return _Children(prom.Counter(metric, doc, labels, registry=registry))
 
@@ -99,6 +103,8 @@ class Metrics:
         self.spawned = prom.Counter(
             "orchestrator_workers_spawned", "Worker processes started.", registry=registry
         )
+
+    def _define_distributions(self, prom: Any, registry: Any) -> None:
         self.duration = _Children(
             prom.Histogram(
                 "orchestrator_task_duration_seconds",

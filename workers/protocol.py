@@ -1,6 +1,7 @@
 """Wire messages between the host and its workers: msgpack frames on a multiprocessing pipe.
 
-This is the only module both sides share. Each message is a slotted dataclass; on the wire it is
+Both sides share this module, with `workers.payload` (user data), `workers.framing` (frames on a
+pipe) and `workers.shm` (shared memory). Each message is a slotted dataclass; on the wire it is
 a msgpack array ``[tag, field, ...]`` framed by ``Connection.send_bytes``. User data (a task's
 config, a partial or final result) travels as an already-packed ``bytes`` field, so a result the
 host cannot decode is reported against its task as a ``serialization`` error instead of breaking
@@ -10,153 +11,22 @@ the pipe.
 from __future__ import annotations
 
 import math
-import os
-import struct
-import sys
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import msgpack
 
-from workers.shm import decode_extension, pack
-
-if TYPE_CHECKING:
-    from workers.shm import BlockReader, BlockWriter
+from workers.framing import MAX_FRAME_BYTES as MAX_FRAME_BYTES
+from workers.framing import FrameReader as FrameReader
+from workers.framing import ProtocolError as ProtocolError
+from workers.payload import MAX_PAYLOAD_DEPTH as MAX_PAYLOAD_DEPTH
+from workers.payload import PayloadError as PayloadError
+from workers.payload import check_payload as check_payload
+from workers.payload import pack_payload as pack_payload
+from workers.payload import unpack_payload as unpack_payload
 
 PROTOCOL_VERSION: Final = 1
-
-
-class ProtocolError(Exception):
-    """A frame that is not a message of this protocol version."""
-
-
-class PayloadError(ValueError):
-    """User data that msgpack cannot carry (a set, an object, an integer beyond 64 bits...)."""
-
-
-def pack_payload(
-    value: Any,
-    writer: BlockWriter | None = None,
-    created: list[str] | None = None,
-    lent: dict[int, msgpack.ExtType] | None = None,
-) -> bytes:
-    """Pack user data; raise `PayloadError` naming the offending type when msgpack cannot.
-
-    With a ``writer``, large buffers go to shared-memory blocks (their names land in ``created``),
-    except those in ``lent``: buffers the receiver's own blocks back, named back to it.
-    """
-    try:
-        if writer is not None:
-            return writer.pack(value, created, lent)
-        return pack(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise PayloadError(
-            f"not msgpack-serialisable: {exc}; use dicts with str keys, lists, str, bytes, "
-            "int (64-bit), float, bool and None"
-        ) from exc
-
-
-# Deepest nesting of lists and maps a payload may have: msgpack's packer stops at 511, and a walk
-# this deep (a frame per level) stays far from Python's recursion limit of 1,000 frames.
-MAX_PAYLOAD_DEPTH: Final = 256
-
-
-# Exact types that always travel: the common leaves, checked without a call.
-_LEAVES: Final = frozenset({str, bytes, bytearray, memoryview, float, bool, type(None)})
-
-
-def check_payload(value: Any, where: str = "config") -> None:
-    """Raise `PayloadError` naming the first thing in ``value`` that cannot travel.
-
-    A walk over the structure, never over the bytes: a 64 MiB buffer costs no more than a small one.
-    Plain data passes a quick walk; anything else gets the walk that keeps the path for the message.
-    Nesting deeper than `MAX_PAYLOAD_DEPTH` is refused (msgpack could not pack it either).
-    """
-    if not _plainly_fits(value, 0):
-        _check_closely(value, where, 0)
-
-
-def _plainly_fits(value: Any, depth: int) -> bool:
-    """True for plain data that can travel (exact built-in types only); False means look closer."""
-    kind = type(value)
-    if kind in _LEAVES:
-        return True
-    if kind is int:
-        return -(2**63) <= value < 2**64  # type: ignore[no-any-return]
-    if depth >= MAX_PAYLOAD_DEPTH:
-        return False
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str and (type(key) is not int or not -(2**63) <= key < 2**64):
-                return False
-            if type(item) not in _LEAVES and not _plainly_fits(item, depth + 1):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        for item in value:  # noqa: SIM110 - all(...) would add a generator's frame per level
-            if type(item) not in _LEAVES and not _plainly_fits(item, depth + 1):
-                return False
-        return True
-    return False
-
-
-def _check_closely(value: Any, where: str, depth: int) -> None:
-    kind = type(value)
-    if kind in _LEAVES:
-        return
-    if kind is int:
-        if not -(2**63) <= value < 2**64:
-            raise PayloadError(f"not msgpack-serialisable: {where} is an integer beyond 64 bits")
-        return
-    if kind is dict or kind is list or kind is tuple:
-        if depth >= MAX_PAYLOAD_DEPTH:
-            raise PayloadError(
-                f"not msgpack-serialisable: {where[:200]}... nests more than {MAX_PAYLOAD_DEPTH} levels deep"
-            )
-        if kind is dict:
-            _check_map(value, where, depth)
-        else:
-            for index, item in enumerate(value):
-                _check_closely(item, f"{where}[{index}]", depth + 1)
-        return
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and kind is numpy.ndarray and value.dtype.kind in "biufc":
-        return
-    raise PayloadError(f"not msgpack-serialisable: {where} is {_what(value)}")
-
-
-def _check_map(value: dict[Any, Any], where: str, depth: int) -> None:
-    for key, item in value.items():
-        if type(key) is not str and type(key) is not int:
-            raise PayloadError(f"not msgpack-serialisable: {where} has a key that is {_what(key)}")
-        if type(key) is int and not -(2**63) <= key < 2**64:
-            raise PayloadError(f"not msgpack-serialisable: {where} has an integer key beyond 64 bits")
-        _check_closely(item, f"{where}[{key!r}]", depth + 1)
-
-
-def _what(value: Any) -> str:
-    """How a refused value is named: its type, and the plain type it subclasses, if one."""
-    kind = type(value)
-    plain = next((base for base in (*_LEAVES, int, dict, list, tuple) if isinstance(value, base)), None)
-    if plain is not None:
-        # A subclass can carry what the plain type cannot (msgpack.ExtType is a tuple: the
-        # library's own shared-memory references).
-        return f"a {kind.__name__}, a subclass of {plain.__name__}; use a plain {plain.__name__}"
-    return (
-        f"a {kind.__name__}; use dicts with str keys, lists, str, bytes, int (64-bit), float, bool, "
-        "None and NumPy arrays"
-    )
-
-
-def unpack_payload(data: bytes, reader: BlockReader | None = None) -> Any:
-    """Unpack user data packed by `pack_payload`; raise `PayloadError` when it cannot be."""
-    try:
-        if reader is not None:
-            return reader.unpack(data)
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=decode_extension)
-    except (TypeError, ValueError, OSError, msgpack.UnpackException) as exc:
-        raise PayloadError(f"cannot be decoded: {exc}") from exc
 
 
 @dataclass(slots=True)
@@ -333,7 +203,8 @@ class Publish:
 @dataclass(slots=True)
 class Call:
     """Worker -> host: a request on behalf of a task, answered by a `Reply` (none when ``call_id``
-    is 0). ``op`` is ``subscribe``, ``unsubscribe``, ``submit`` or ``wait``; ``args`` is packed."""
+    is 0). ``op`` is ``subscribe``, ``unsubscribe``, ``submit``, ``wait`` or ``forget`` (a wait the
+    handler stopped waiting for); ``args`` is packed."""
 
     TAG: ClassVar[int] = 18
     task_id: str
@@ -512,77 +383,3 @@ _MESSAGE_CHECKS: Final[dict[type[Any], Callable[[Any], None]]] = {
     Hello: _check_hello,
     TaskFailed: _check_failure,
 }
-
-
-# `Connection.send_bytes` framing: a signed 32-bit big-endian length, or -1 then an unsigned 64-bit one.
-_SHORT_HEADER: Final = struct.Struct("!i")
-_LONG_HEADER: Final = struct.Struct("!Q")
-_READ_SIZE: Final = 1 << 16
-# The most one read asks for, however long the frame a peer announces: a header is the peer's word,
-# and os.read allocates what it is asked for before anything arrives.
-_MAX_READ: Final = 1 << 26
-# The longest frame taken from a peer (a larger announced length is a protocol violation).
-MAX_FRAME_BYTES: Final = 1 << 32
-
-
-class FrameReader:
-    """Every frame `Connection.send_bytes` wrote to a pipe, in one system call per wake-up.
-
-    `Connection.recv_bytes` reads a frame's header and its body separately: two system calls per
-    message, each a point where another thread of the process may take the GIL and keep it for a
-    whole switch interval. This reads what has arrived at once and splits it into frames.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        # The start of a frame not yet whole, kept in pieces so that a large frame is joined once.
-        self._parts: list[bytes] = []
-        self._held = 0
-        self._wanted = 0
-
-    def read(self) -> list[bytes]:
-        """Read once and return the frames now whole (maybe none); blocks only while nothing arrived.
-
-        Raises EOFError when the other end has closed, `ProtocolError` on a corrupt header.
-        """
-        data = os.read(self._fd, min(_MAX_READ, max(_READ_SIZE, self._wanted - self._held)))
-        if not data:
-            raise EOFError("the pipe was closed")
-        if self._parts:
-            self._parts.append(data)
-            self._held += len(data)
-            if self._held < self._wanted:
-                return []
-            data = b"".join(self._parts)
-            self._parts = []
-        frames, rest, self._wanted = _split_frames(data)
-        if rest < len(data):
-            self._parts = [data[rest:]]
-        self._held = len(data) - rest
-        return frames
-
-
-def _split_frames(data: bytes) -> tuple[list[bytes], int, int]:
-    """The whole frames in ``data``, where the rest starts, and how long the rest must grow to."""
-    frames: list[bytes] = []
-    start = 0
-    size = len(data)
-    while True:
-        if size - start < _SHORT_HEADER.size:
-            return frames, start, _SHORT_HEADER.size
-        (length,) = _SHORT_HEADER.unpack_from(data, start)
-        header = _SHORT_HEADER.size
-        if length < 0:
-            if length != -1:
-                raise ProtocolError(f"corrupt frame header (length {length})")
-            header += _LONG_HEADER.size
-            if size - start < header:
-                return frames, start, header
-            (length,) = _LONG_HEADER.unpack_from(data, start + _SHORT_HEADER.size)
-            if length > MAX_FRAME_BYTES:
-                raise ProtocolError(f"a frame of {length} bytes announced; the most is {MAX_FRAME_BYTES}")
-        end = start + header + length
-        if end > size:
-            return frames, start, header + length
-        frames.append(data[start + header : end])
-        start = end

@@ -22,7 +22,8 @@ from multiprocessing.connection import Client
 
 import msgpack
 
-from workers.runtime import HOST_CHECK_INTERVAL, _process_alive, worker_main
+from workers.host_link import process_alive
+from workers.runtime import HOST_CHECK_INTERVAL, worker_main
 
 
 def main(argv: list[str]) -> None:
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.send_bytes(msgpack.packb([address, int(index), os.getpid(), json.loads(resources)]))
     while not select.select([conn], [], [], HOST_CHECK_INTERVAL)[0]:
-        if not _process_alive(int(dask_pid)):
+        if not process_alive(int(dask_pid)):
             os._exit(0)  # the Dask worker died while this process waited to be used
     try:
         worker_id, namespace = msgpack.unpackb(conn.recv_bytes())

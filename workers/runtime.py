@@ -24,16 +24,16 @@ import select
 import signal
 import sys
 import threading
-import traceback
-from collections import deque
 from collections.abc import Callable
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from workers import protocol
 from workers.context import TaskContext
-from workers.errors import RateLimitError, TaskCancelled, stop_exception
+from workers.errors import stop_exception
+from workers.failures import classify, failure, over_cap
+from workers.host_link import RemoteTasks, TaskPipe, exit_orphaned, process_alive, read_messages
 from workers.memcap import cap_memory
 from workers.messaging import Link
 from workers.registry import resolve_handler
@@ -130,12 +130,12 @@ class _WorkerRuntime:
         self._host_pid = host_pid
         self._main_ident = threading.get_ident()
         # Where the main thread takes its tasks from; the reader thread fills an inbox, if any.
-        self._inbox: _Inbox | None = None
-        self._tasks: _Inbox | _TaskPipe
+        self._inbox: RemoteTasks | None = None
+        self._tasks: RemoteTasks | TaskPipe
         if task_conn is None:
-            self._tasks = self._inbox = _Inbox()
+            self._tasks = self._inbox = RemoteTasks()
         else:
-            self._tasks = _TaskPipe(task_conn)
+            self._tasks = TaskPipe(task_conn)
         self._send_lock = threading.Lock()
         # Guards what the reader thread and the main thread hand each other: which tasks run,
         # stop requests for tasks not yet started, and which tasks were taken or given back.
@@ -191,12 +191,12 @@ class _WorkerRuntime:
             try:
                 ready = poller.poll(HOST_CHECK_INTERVAL * 1000)
             except OSError:
-                _exit_orphaned()
+                exit_orphaned()
             if not ready:
-                if not _process_alive(self._host_pid):
-                    _exit_orphaned()
+                if not process_alive(self._host_pid):
+                    exit_orphaned()
                 continue
-            for msg in _read_messages(frames):
+            for msg in read_messages(frames):
                 if not self._handle_host_message(msg):
                     return
 
@@ -219,7 +219,7 @@ class _WorkerRuntime:
             print(
                 f"orchestrator worker {os.getpid()}: {type(msg).__name__} on the wrong pipe", file=sys.stderr
             )
-            _exit_orphaned()
+            exit_orphaned()
         return True
 
     def _claim(self, msg: protocol.RunTask) -> bool:
@@ -270,7 +270,7 @@ class _WorkerRuntime:
             config = protocol.unpack_payload(msg.config, mapped)
             deps = _dependencies(protocol.unpack_payload(msg.deps))
         except Exception as exc:  # noqa: BLE001 - reported to the host as the task's error
-            return _failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}{self._where}: ")
+            return failure(msg.task_id, "exception", exc, prefix=f"handler {msg.handler!r}{self._where}: ")
         ctx = TaskContext(
             msg.task_id,
             msg.task_type,
@@ -290,7 +290,7 @@ class _WorkerRuntime:
                 self._running[msg.task_id] = ctx
         if early_stop is not None:
             self._finished(ctx)
-            return _failure(msg.task_id, early_stop, stop_exception(early_stop))
+            return failure(msg.task_id, early_stop, stop_exception(early_stop))
         return ctx, handler
 
     def _finished(self, ctx: TaskContext) -> None:
@@ -311,7 +311,7 @@ class _WorkerRuntime:
             packed = protocol.pack_payload(result, self._blocks, lent=mapped.lent if mapped else None)
             return protocol.TaskDone(ctx.task_id, packed)
         except protocol.PayloadError as exc:
-            return _failure(ctx.task_id, "serialization", exc, prefix="the handler's result is ")
+            return failure(ctx.task_id, "serialization", exc, prefix="the handler's result is ")
 
     # ------------------------------------------------------------------ sync mode
 
@@ -359,7 +359,7 @@ class _WorkerRuntime:
             with self._send_lock:
                 self._conn.send_bytes(frame)
         except OSError:
-            _exit_orphaned()
+            exit_orphaned()
         finally:
             if on_main:
                 self._sending -= 1
@@ -413,7 +413,7 @@ class _WorkerRuntime:
             result = await handler(ctx)
         except asyncio.CancelledError:
             reason = ctx.stop_reason or "cancelled"
-            reply: protocol.Message = _failure(ctx.task_id, reason, stop_exception(reason))
+            reply: protocol.Message = failure(ctx.task_id, reason, stop_exception(reason))
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
             reply = self._classify(ctx, exc)
         else:
@@ -432,8 +432,8 @@ class _WorkerRuntime:
 
     def _classify(self, ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
         if isinstance(exc, MemoryError) and self._memory_capped:
-            return _over_cap(ctx.task_id, exc, self._max_memory_mb)
-        return _classify(ctx, exc)
+            return over_cap(ctx.task_id, exc, self._max_memory_mb)
+        return classify(ctx, exc)
 
     def _resolve(self, path: str) -> Callable[..., Any]:
         handler = self._handlers.get(path)
@@ -442,114 +442,12 @@ class _WorkerRuntime:
         return handler
 
 
-class _Inbox:
-    """Tasks the reader thread took off the one connection of a remote worker, in order."""
-
-    def __init__(self) -> None:
-        self._items: deque[protocol.Message] = deque()
-        self._ready = threading.Condition(threading.Lock())
-        self._forward: Callable[[protocol.Message], object] | None = None
-
-    def put(self, msg: protocol.Message) -> None:
-        with self._ready:
-            if self._forward is not None:
-                self._forward(msg)
-                return
-            self._items.append(msg)
-            self._ready.notify()
-
-    def get(self) -> protocol.Message:
-        """The next task (or Shutdown), once there is one."""
-        with self._ready:
-            while not self._items:
-                self._ready.wait()
-            return self._items.popleft()
-
-    def forward_to(self, deliver: Callable[[protocol.Message], object]) -> None:
-        """From now on, hand every message to ``deliver`` (in order, those queued first)."""
-        with self._ready:
-            for msg in self._items:
-                deliver(msg)
-            self._items.clear()
-            self._forward = deliver
-
-
-class _TaskPipe:
-    """The pipe a local worker's tasks come on, read by the thread that runs them."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._frames = protocol.FrameReader(conn.fileno())
-        self._items: deque[protocol.Message] = deque()
-
-    def get(self) -> protocol.Message:
-        """The next task (or Shutdown), once there is one; exits if the host is gone."""
-        while not self._items:
-            self._items.extend(_read_messages(self._frames))
-        return self._items.popleft()
-
-    def forward_to(self, deliver: Callable[[protocol.Message], object]) -> None:
-        """From now on, hand every message to ``deliver``, read on a thread of its own."""
-
-        def forward() -> None:
-            while not isinstance(msg := self.get(), protocol.Shutdown):
-                deliver(msg)
-            deliver(msg)
-
-        threading.Thread(target=forward, name="orch-tasks", daemon=True).start()
-
-
-def _read_messages(frames: protocol.FrameReader) -> list[protocol.Message]:
-    """The messages now whole on a pipe from the host (one read, blocking while nothing came;
-    maybe none yet); the worker exits when the host is gone (EOF) or the pipe carries garbage."""
-    try:
-        return [protocol.decode(frame) for frame in frames.read()]
-    except (EOFError, OSError):
-        _exit_orphaned()
-    except protocol.ProtocolError as exc:
-        print(f"orchestrator worker {os.getpid()}: {exc}", file=sys.stderr)
-        _exit_orphaned()
-
-
-def _classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
-    """The failure message for an exception that ended a handler."""
-    if isinstance(exc, TaskCancelled):
-        return _failure(ctx.task_id, ctx.stop_reason or exc.kind, exc)
-    if isinstance(exc, RateLimitError):
-        failure = _failure(ctx.task_id, "rate_limit", exc)
-        failure.retry_after = _seconds_or_none(exc.retry_after)
-        return failure
-    return _failure(ctx.task_id, "exception", exc)
-
-
-def _over_cap(task_id: str, exc: MemoryError, limit_mb: float | None) -> protocol.TaskFailed:
-    return _failure(
-        task_id,
-        "memory_limit",
-        exc,
-        prefix=f"worker pid {os.getpid()} reached its cap of max_memory_mb={limit_mb:g}, allocating: ",
-    )
-
-
-def _seconds_or_none(value: Any) -> float | None:
-    """A handler's ``retry_after`` as the protocol carries it: seconds >= 0 (``inf`` waits as long as
-    the host allows), or None for what is not a number, so the host falls back to the backoff."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        return None
-    return max(0.0, float(value))
-
-
 def _dependencies(packed: Any) -> dict[str, Any]:
     """``ctx.deps`` from the wire form ``[results, errors]`` (an empty map when there are none)."""
     if not packed:
         return {}
     results, errors = packed
     return {**results, **{task_id: TaskError(**fields) for task_id, fields in errors.items()}}
-
-
-def _failure(task_id: str, kind: str, exc: BaseException, prefix: str = "") -> protocol.TaskFailed:
-    text = str(exc) or type(exc).__name__
-    trace = "".join(traceback.format_exception(exc))
-    return protocol.TaskFailed(task_id, kind, prefix + text, trace, type(exc).__name__)
 
 
 def _usage() -> protocol.Usage:
@@ -563,32 +461,3 @@ def _usage() -> protocol.Usage:
             rss += child.memory_info().rss
     times = me.cpu_times()
     return protocol.Usage(rss, times.user + times.system)
-
-
-def _process_alive(pid: int) -> bool:
-    """True unless ``pid`` is gone or a zombie (a dead host not yet reaped by its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rpartition(b")")[2].split()[0]
-        return state not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def _exit_orphaned() -> NoReturn:
-    """The host is gone: kill this worker's own children (a handler's subprocesses), then exit."""
-    with contextlib.suppress(Exception):
-        import psutil
-
-        for child in psutil.Process().children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-    os._exit(0)

@@ -209,7 +209,7 @@ class Conversation:
         return [queued for queued in self._fleet.open_records(worker) if prefetched(queued)]
 
     def reclaim(self, record: TaskRecord) -> None:
-        """A waiting task goes on: it takes its slot back, even above the limits (they recover)."""
+        """A waiting task goes on: it takes its slot back, even above the limits (they regrow)."""
         worker = record.worker
         assert worker is not None
         record.lent = False

@@ -68,9 +68,9 @@ class Line:
             heapq.heappop(self._delayed)  # cancelled while it waited
         if self._delayed:
             wait = min(self._delayed[0][0] - time.time(), WALL_CLOCK_RECHECK)
-            self._delayed_timer = self._timers.schedule(time.monotonic() + max(0.0, wait), self._release_due)
+            self._delayed_timer = self._timers.schedule(time.monotonic() + max(0.0, wait), self._ready_due)
 
-    def _release_due(self) -> None:
+    def _ready_due(self) -> None:
         now = time.time()
         while self._delayed and self._delayed[0][0] <= now:
             record = heapq.heappop(self._delayed)[2]
