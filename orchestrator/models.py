@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from workers.values import utc_moment
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 _set_attribute = object.__setattr__
 # Field names by model class: pydantic's ``model_fields`` is a property that costs a microsecond.
@@ -104,6 +106,44 @@ class TaskResult(_Frozen):
     finished_at: datetime | None = None
     duration_s: float | None = None
     parent: str | None = None
+
+
+def result_wire(result: TaskResult) -> dict[str, Any]:
+    """A final result as plain data, timestamps as POSIX seconds: what a worker's ``ctx.wait``
+    receives (`workers.values.ChildResult.from_wire` reads it there) and what the journal stores."""
+    return {
+        "task_id": result.task_id,
+        "status": result.status.value,
+        "success": result.success,
+        "data": result.data,
+        "error": result.error.model_dump() if result.error else None,
+        "attempts": result.attempts,
+        "worker_pid": result.worker_pid,
+        "started_at": result.started_at.timestamp() if result.started_at else None,
+        "finished_at": result.finished_at.timestamp() if result.finished_at else None,
+        "duration_s": result.duration_s,
+        "parent": result.parent,
+    }
+
+
+def result_from_wire(fields: dict[str, Any]) -> TaskResult:
+    """The `TaskResult` that `result_wire` gave ``fields`` of (``parent`` may be missing: older
+    journals did not store it)."""
+    status = TaskStatus(fields["status"])
+    error = fields["error"]
+    return TaskResult(
+        task_id=fields["task_id"],
+        status=status,
+        success=status is TaskStatus.COMPLETED,
+        data=fields["data"],
+        error=TaskError(**error) if error else None,
+        attempts=fields["attempts"],
+        worker_pid=fields["worker_pid"],
+        started_at=utc_moment(fields["started_at"]),
+        finished_at=utc_moment(fields["finished_at"]),
+        duration_s=fields["duration_s"],
+        parent=fields.get("parent"),
+    )
 
 
 class Progress(_Frozen):

@@ -14,9 +14,8 @@ from typing import Any, Final, NamedTuple
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.journal.intake import FORGET, NEW, STATE
-from orchestrator.models import TaskError, TaskResult, TaskStatus
+from orchestrator.models import TaskResult, TaskStatus, result_from_wire, result_wire
 from workers import protocol
-from workers.values import utc_moment
 
 APPLICATION_ID: Final = 0x4F524348  # "ORCH", in PRAGMA application_id
 SCHEMA_VERSION: Final = 2
@@ -59,6 +58,10 @@ MIGRATE_FROM_1_SQL: Final = (
     "UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;"
 )
 VERSION_SQL: Final = "SELECT value FROM meta WHERE key = 'schema_version'"
+
+
+# What a result's row holds in columns of their own, so its stored result leaves out.
+_IN_COLUMNS: Final = ("task_id", "status", "success", "attempts")
 
 
 class NewTask(NamedTuple):
@@ -287,33 +290,15 @@ def take_lock(path: Path) -> int:
 
 
 def journal_result(result: TaskResult) -> bytes:
-    """A final result as the journal stores it (msgpack; timestamps as seconds)."""
-    return protocol.pack_payload(
-        {
-            "data": result.data,
-            "error": result.error.model_dump() if result.error else None,
-            "worker_pid": result.worker_pid,
-            "started_at": result.started_at.timestamp() if result.started_at else None,
-            "finished_at": result.finished_at.timestamp() if result.finished_at else None,
-            "duration_s": result.duration_s,
-            "parent": result.parent,
-        }
-    )
+    """A final result as the journal stores it: its wire fields, but for those its row holds in
+    columns of their own (msgpack)."""
+    fields = result_wire(result)
+    for key in _IN_COLUMNS:
+        del fields[key]
+    return protocol.pack_payload(fields)
 
 
 def restore_result(task_id: str, status: TaskStatus, attempts: int, stored: bytes) -> TaskResult:
     """The `TaskResult` the journal stored with `journal_result`."""
-    fields = protocol.unpack_payload(stored)
-    return TaskResult(
-        task_id=task_id,
-        status=status,
-        success=status is TaskStatus.COMPLETED,
-        data=fields["data"],
-        error=TaskError(**fields["error"]) if fields["error"] else None,
-        attempts=attempts,
-        worker_pid=fields["worker_pid"],
-        started_at=utc_moment(fields["started_at"]),
-        finished_at=utc_moment(fields["finished_at"]),
-        duration_s=fields["duration_s"],
-        parent=fields.get("parent"),
-    )
+    columns = {"task_id": task_id, "status": status.value, "attempts": attempts}
+    return result_from_wire({**protocol.unpack_payload(stored), **columns})

@@ -19,7 +19,8 @@ handled, so a worker that sent its result and then exited is not a crash.
 The collaborators, each owning one thing, listed from the bottom up (each imports only those
 above it in this list; a lower one that must reach a higher one is handed a callable):
 
-- ``record``: `TaskRecord`, a task as the host tracks it, and its wire form for ``ctx.wait``.
+- ``record``: `TaskRecord`, a task as the host tracks it (a result's wire form, for ``ctx.wait``
+  and the journal alike, is `orchestrator.models.result_wire`).
 - ``loop``: `CommandQueue`, the commands and submitted tasks other threads hand in, and the
   wake-up pipe.
 - ``journaling``: `JournalLink`, whether task changes are still journaled.

@@ -16,10 +16,10 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.events import EventBus
 from orchestrator.logs import task_extra
 from orchestrator.messaging import Broker
-from orchestrator.models import TaskResult, TaskStatus
+from orchestrator.models import TaskResult, TaskStatus, result_wire
 from orchestrator.supervisor.capacity import Capacity
 from orchestrator.supervisor.fleet import Fleet
-from orchestrator.supervisor.record import TaskRecord, active_record, prefetched, result_fields
+from orchestrator.supervisor.record import TaskRecord, active_record, prefetched
 from workers import protocol
 from workers.shm import BlockReader, BlockWriter
 
@@ -165,7 +165,7 @@ class Conversation:
         wait.answered = True
         if wait.any_of:
             final.sort(key=lambda r: r.result.finished_at if r.result and r.result.finished_at else _EPOCH)
-        self._reply(wait.worker, wait.call_id, [result_fields(r) for r in final])
+        self._reply(wait.worker, wait.call_id, [result_wire(r.result) for r in final if r.result is not None])
         return True
 
     def _reply(

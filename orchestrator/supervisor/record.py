@@ -1,4 +1,4 @@
-"""`TaskRecord`: a task as the host tracks it, and its wire form for a worker's ``ctx.wait``."""
+"""`TaskRecord`: a task as the host tracks it, and the questions asked of one."""
 
 from __future__ import annotations
 
@@ -67,25 +67,6 @@ class TaskRecord:
     # When it last entered the ready queue (monotonic): the start of its queue wait.
     ready_at: float = 0.0
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
-
-
-def result_fields(record: TaskRecord) -> dict[str, Any]:
-    """A final result as a worker's ``ctx.wait`` receives it."""
-    result = record.result
-    assert result is not None
-    return {
-        "task_id": result.task_id,
-        "status": result.status.value,
-        "success": result.success,
-        "data": result.data,
-        "error": result.error.model_dump() if result.error else None,
-        "attempts": result.attempts,
-        "worker_pid": result.worker_pid,
-        "started_at": result.started_at.timestamp() if result.started_at else None,
-        "finished_at": result.finished_at.timestamp() if result.finished_at else None,
-        "duration_s": result.duration_s,
-        "parent": result.parent,
-    }
 
 
 def is_delayed(record: TaskRecord, now_mono: float, now_wall: float) -> bool:

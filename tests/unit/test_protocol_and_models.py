@@ -183,3 +183,51 @@ def test_frame_reader_reads_what_connection_send_bytes_writes() -> None:
     assert [protocol.decode(f) for f in frames] == MESSAGES
     receiving.close()
     sending.close()
+
+
+def _a_final_result() -> orchestrator.TaskResult:
+    from datetime import UTC, datetime
+
+    from orchestrator.models import TaskError
+
+    return orchestrator.TaskResult(
+        task_id="ab-7",
+        status=TaskStatus.ERROR,
+        success=False,
+        data={"partial": [1, 2]},
+        error=TaskError(kind="exception", message="boom", traceback="tb", exception_type="ValueError"),
+        attempts=2,
+        worker_pid=4321,
+        started_at=datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=UTC),
+        finished_at=datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC),
+        duration_s=0.75,
+        parent="ab-1",
+    )
+
+
+def test_one_wire_form_of_a_result_serves_ctx_wait_and_the_journal() -> None:
+    from orchestrator.journal import journal_result, restore_result
+    from orchestrator.models import result_from_wire, result_wire
+    from workers.values import ChildResult
+
+    result = _a_final_result()
+    wire = protocol.unpack_payload(protocol.pack_payload(result_wire(result)))
+    assert result_from_wire(wire) == result
+    child = ChildResult.from_wire(wire)
+    assert (child.task_id, child.status, child.attempts, child.parent) == ("ab-7", "error", 2, "ab-1")
+    assert child.error is not None
+    assert child.error.exception_type == "ValueError"
+    assert child.started_at == result.started_at
+    stored = journal_result(result)
+    assert b"ab-7" not in stored  # the row's own columns hold the id, status and attempts
+    assert restore_result("ab-7", TaskStatus.ERROR, 2, stored) == result
+
+
+def test_a_result_stored_by_an_older_release_still_restores() -> None:
+    from orchestrator.journal import restore_result
+
+    older = protocol.pack_payload(  # no parent: releases before sub-tasks did not store it
+        {"data": 3, "error": None, "worker_pid": 9, "started_at": 1.5, "finished_at": 2.0, "duration_s": 0.5}
+    )
+    restored = restore_result("ab-3", TaskStatus.COMPLETED, 1, older)
+    assert (restored.success, restored.data, restored.parent, restored.duration_s) == (True, 3, None, 0.5)
