@@ -40,9 +40,18 @@ class Reports:
         self._announce = announce
         self._block_reader = block_reader
 
+    def _running(self, worker: WorkerHandle, task_id: str) -> TaskRecord | None:
+        """The task a report is about, begun if the host has not counted it as started yet: a
+        prefetched task asked back just as it started reports before the worker answers the
+        `Revoke` with its `TaskStarted`, and what reports has started."""
+        record = active_record(self._tasks, worker, task_id)
+        if record is not None and record.status is TaskStatus.QUEUED:
+            self._lifecycle.begin(worker, record)
+        return record
+
     def on_progress(self, worker: WorkerHandle, msg: protocol.TaskProgress) -> None:
         """The handler reported progress."""
-        record = active_record(self._tasks, worker, msg.task_id)
+        record = self._running(worker, msg.task_id)
         if record is None:
             return
         progress = record.progress = assemble(
@@ -52,7 +61,7 @@ class Reports:
 
     def on_partial(self, worker: WorkerHandle, msg: protocol.TaskPartial) -> None:
         """The handler emitted a partial result: kept for streams (the newest MAX_PARTIALS_KEPT)."""
-        record = active_record(self._tasks, worker, msg.task_id)
+        record = self._running(worker, msg.task_id)
         if record is None:
             return
         try:
@@ -71,10 +80,8 @@ class Reports:
 
     def on_reply(self, worker: WorkerHandle, msg: protocol.TaskDone | protocol.TaskFailed) -> None:
         """The task's attempt ended with a result or a failure; its worker takes the next."""
-        record = active_record(self._tasks, worker, msg.task_id)
+        record = self._running(worker, msg.task_id)
         if record is not None:
-            if record.status is TaskStatus.QUEUED:  # it ended before the answer to a Revoke came
-                self._lifecycle.begin(worker, record)
             if isinstance(msg, protocol.TaskDone):
                 self._complete(record, msg.data)
             else:
