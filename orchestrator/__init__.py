@@ -17,14 +17,20 @@ if TYPE_CHECKING:
         GroupNotFoundError,
         InvalidTaskError,
         JournalError,
+        MemoryLimitError,
         OrchestratorClosedError,
         OrchestratorError,
         OrchestratorFailedError,
         QueueFullError,
         ScheduleError,
+        TaskFailedError,
         TaskNotFoundError,
+        TaskTimeoutError,
         UnknownTaskTypeError,
+        WorkerCrashedError,
+        WorkerInitError,
     )
+    from orchestrator.executor import TaskExecutor, TaskFuture
     from orchestrator.logs import JsonLogFormatter, TextLogFormatter
     from orchestrator.models import (
         CollectionCompletedEvent,
@@ -50,6 +56,7 @@ if TYPE_CHECKING:
     )
     from orchestrator.plan_handle import PlanHandle
     from orchestrator.plans import PlanError
+    from orchestrator.pool_executor import ProcessPoolExecutor
 
 _EXPORTS: dict[str, str] = {
     "ParallelOrchestrator": "orchestrator.core",
@@ -89,6 +96,14 @@ _EXPORTS: dict[str, str] = {
     "ScheduleFiredEvent": "orchestrator.models",
     "ScheduleMissedEvent": "orchestrator.models",
     "JsonLogFormatter": "orchestrator.logs",
+    "TaskFailedError": "orchestrator.errors",
+    "TaskTimeoutError": "orchestrator.errors",
+    "WorkerCrashedError": "orchestrator.errors",
+    "MemoryLimitError": "orchestrator.errors",
+    "WorkerInitError": "orchestrator.errors",
+    "ProcessPoolExecutor": "orchestrator.pool_executor",
+    "TaskExecutor": "orchestrator.executor",
+    "TaskFuture": "orchestrator.executor",
     "TextLogFormatter": "orchestrator.logs",
 }
 
@@ -101,6 +116,7 @@ __all__ = [
     "InvalidTaskError",
     "JournalError",
     "JsonLogFormatter",
+    "MemoryLimitError",
     "Message",
     "OrchestratorClosedError",
     "OrchestratorConfig",
@@ -110,6 +126,7 @@ __all__ = [
     "ParallelOrchestrator",
     "PlanError",
     "PlanHandle",
+    "ProcessPoolExecutor",
     "Progress",
     "QueueFullError",
     "ScheduleError",
@@ -117,7 +134,10 @@ __all__ = [
     "ScheduleInfo",
     "ScheduleMissedEvent",
     "TaskError",
+    "TaskExecutor",
+    "TaskFailedError",
     "TaskFinishedEvent",
+    "TaskFuture",
     "TaskNotFoundError",
     "TaskPartialEvent",
     "TaskProgressEvent",
@@ -126,10 +146,13 @@ __all__ = [
     "TaskSpec",
     "TaskStartedEvent",
     "TaskStatus",
+    "TaskTimeoutError",
     "TextLogFormatter",
     "UnknownTaskTypeError",
+    "WorkerCrashedError",
     "WorkerExitedEvent",
     "WorkerInfo",
+    "WorkerInitError",
     "WorkerSpawnedEvent",
 ]
 

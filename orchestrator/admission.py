@@ -4,6 +4,7 @@ journaled and handed to the supervisor, all or nothing."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.config import OrchestratorConfig, TaskSpec, describe
+from orchestrator.config import OrchestratorConfig, TaskSpec, check_handler, describe
 from orchestrator.errors import (
     GroupNotFoundError,
     InvalidTaskError,
@@ -28,6 +29,7 @@ from orchestrator.scheduler import QueueSlots
 from orchestrator.schedules import delayed_until
 from orchestrator.supervisor import Supervisor, TaskRecord
 from workers import protocol
+from workers.calls import CALL_HANDLER, CALL_TYPE
 from workers.shm import BlockWriter
 
 # A task's own callbacks, run on the event thread: on_progress, on_complete, on_error.
@@ -55,7 +57,7 @@ class Admission:
         supervisor: Callable[[], Supervisor],
         journal: Callable[[], Journal | None],
     ) -> None:
-        self._config = config
+        self._config = self.config = config
         self.handlers = config.task_handlers()
         self._tasks = tasks
         self._ids = ids
@@ -64,6 +66,7 @@ class Admission:
         self._supervisor = supervisor
         self._journal = journal
         self.queue_slots = QueueSlots(config.task_queue_size)
+        self._registering = threading.Lock()
         # On Dask: the task types some node of the cluster offers now.
         self.offered_types: Callable[[], set[str]] | None = None
 
@@ -135,21 +138,58 @@ class Admission:
         self._admit([record])
         return record
 
+    def submit_call(self, spec: TaskSpec, callbacks: Callbacks, on_start: Callable[[], None]) -> TaskRecord:
+        """Queue an executor's task (type ``call``, a validated spec): never journaled, and told
+        when it starts as well. Its record: the caller's future reads what it raised there."""
+        self._check_offered(CALL_TYPE)
+        record = self.new_record(spec, CALL_HANDLER)
+        record.journaled = False
+        record.on_progress, record.on_complete, record.on_error = callbacks
+        record.on_start = on_start
+        self._enqueue([record])
+        return record
+
+    def register(self, task_type: str, path: str) -> None:
+        """Add a task type after construction (`ParallelOrchestrator.register_handler`).
+
+        Raises:
+            ValueError: a malformed name or path, the reserved ``call``, or a name already taken
+                (a built-in or a registered type).
+        """
+        check_handler(task_type, path)
+        with self._registering:
+            taken = self.handlers.get(task_type)
+            if taken is not None:
+                raise ValueError(
+                    f"the task type {task_type!r} is taken (its handler is {taken!r}); choose another name"
+                )
+            # A new dict, swapped in whole: readers on other threads see the old one or the new one.
+            self.handlers = {**self.handlers, task_type: path}
+
     def handler_for(self, task_type: str) -> str:
         """The handler path of a task type (on Dask, one some node offers now)."""
+        if task_type == CALL_TYPE:
+            raise InvalidTaskError(
+                f"the task type {CALL_TYPE!r} is reserved for functions submitted through an executor: "
+                "use orch.executor().submit(fn, *args)"
+            )
         handler = self.handlers.get(task_type)
         if handler is None:
             known = ", ".join(sorted(self.handlers))
             raise UnknownTaskTypeError(
                 f"unknown task type {task_type!r}; known types: {known} "
-                "(register more with OrchestratorConfig(handlers={name: 'module:function'}))"
+                "(register more with OrchestratorConfig(handlers={name: 'module:function'}) "
+                "or orch.register_handler(name, 'module:function'))"
             )
+        self._check_offered(task_type)
+        return handler
+
+    def _check_offered(self, task_type: str) -> None:
         if self.offered_types is not None and task_type not in self.offered_types():
             raise UnknownTaskTypeError(
                 f"no Dask worker offers the task type {task_type!r} now; start workers with "
                 f'--resources "{task_type}=N"'
             )
-        return handler
 
     def check_dependencies(self, task: TaskSpec) -> None:
         """Every task and group the spec depends on exists."""
@@ -180,7 +220,7 @@ class Admission:
             self._unadmit(records)
             journal = self._journal()
             if journal is not None:
-                journal.withdraw([record.task_id for record in records])
+                journal.withdraw([record.task_id for record in records if record.journaled])
             raise
 
     def _admit(self, records: list[TaskRecord]) -> None:
@@ -193,9 +233,10 @@ class Admission:
         for record in records:
             self._tasks[record.task_id] = record
         journal = self._journal()
-        if journal is not None:
+        rows = [_journal_row(record) for record in records if record.journaled] if journal else None
+        if journal is not None and rows:
             try:
-                journal.add([_journal_row(record) for record in records])
+                journal.add(rows)
             except JournalError:
                 self._unadmit(records)
                 raise

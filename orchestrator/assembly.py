@@ -206,7 +206,7 @@ class Assembly:
         config = self._config
         if config.metrics_port is None:
             return None
-        metrics = Metrics(config.name, config.backend, sorted(self._admission.handlers))
+        metrics = Metrics(config.name, config.backend, sorted(config.task_types()))
         metrics.serve(config.metrics_host, config.metrics_port)
         return metrics
 
@@ -225,7 +225,7 @@ class Assembly:
             return pool, config
         from orchestrator.backends.dask import DaskPool
 
-        dask_pool = DaskPool(config, sorted(self._admission.handlers), self._block_namespace)
+        dask_pool = DaskPool(config, sorted(config.task_types()), self._block_namespace)
         self._admission.offered_types = dask_pool.offered_types
         self.cluster_nodes = dask_pool.nodes
         threads = dask_pool.capacity()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.errors import ConfigError, InvalidTaskError, OrchestratorError
 from workers import protocol
 from workers.builtin import BUILTIN_HANDLERS
+from workers.calls import CALL_TYPE
 from workers.registry import HANDLER_PATH
 
 _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -113,6 +114,10 @@ class OrchestratorConfig(_Checked):
     handlers: dict[str, str] = Field(
         default_factory=dict, description='extra task types: name -> "module:function"'
     )
+    worker_init: dict[str, str] = Field(
+        default_factory=dict,
+        description='task type (or "*": any) -> "module:function" a worker calls once before its first task',
+    )
     trusted_targets: list[str] = Field(
         default_factory=list,
         description="module prefixes and executables that optimize and monitor configs may name",
@@ -169,11 +174,16 @@ class OrchestratorConfig(_Checked):
     @classmethod
     def _check_handlers(cls, handlers: dict[str, str]) -> dict[str, str]:
         for task_type, path in handlers.items():
-            if not task_type.strip():
-                raise ValueError("a task type name must not be empty")
-            if not HANDLER_PATH.match(path):
-                raise ValueError(f"handler for {task_type!r} is {path!r}; expected 'module:function'")
+            check_handler(task_type, path)
         return handlers
+
+    @field_validator("worker_init")
+    @classmethod
+    def _check_worker_init(cls, inits: dict[str, str]) -> dict[str, str]:
+        for task_type, path in inits.items():
+            if not HANDLER_PATH.match(path):
+                raise ValueError(f"worker_init for {task_type!r} is {path!r}; expected 'module:function'")
+        return inits
 
     @field_validator("trusted_targets")
     @classmethod
@@ -225,15 +235,38 @@ class OrchestratorConfig(_Checked):
             raise ValueError(
                 f"min_workers ({self.min_workers}) must not exceed max_workers ({self.max_workers})"
             )
-        for field in ("worker_type_limits", "worker_concurrency"):
-            unknown = sorted(set(getattr(self, field)) - set(self.task_handlers()))
+        for field in ("worker_type_limits", "worker_concurrency", "worker_init"):
+            unknown = sorted(set(getattr(self, field)) - set(self.task_types()) - {"*"})
             if unknown:
                 raise ValueError(f"{field} names unknown task types: {', '.join(unknown)}")
         return self
 
     def task_handlers(self) -> dict[str, str]:
-        """Every task type this config knows, built-ins first, mapped to its handler path."""
+        """Every task type this config knows, built-ins first, mapped to its handler path (the
+        reserved ``call`` of an executor's tasks is not among them: see `task_types`)."""
         return {**BUILTIN_HANDLERS, **self.handlers}
+
+    def task_types(self) -> list[str]:
+        """Every task type a worker may run here: those with handlers, and ``call``."""
+        return [*self.task_handlers(), CALL_TYPE]
+
+    def worker_init_of(self, task_type: str) -> str:
+        """The initializer a worker of ``task_type`` calls before its first task ("" for none)."""
+        inits = self.worker_init
+        return inits.get(task_type) or inits.get("*", "") if inits else ""
+
+
+def check_handler(task_type: str, path: str) -> None:
+    """Raise `ValueError` for a task type name or handler path that cannot be registered."""
+    if not isinstance(task_type, str) or not task_type.strip():
+        raise ValueError(f"a task type name must be a non-empty str, not {task_type!r}")
+    if task_type == CALL_TYPE:
+        raise ValueError(
+            f"the task type {CALL_TYPE!r} is reserved for executor tasks (functions submitted "
+            "through ParallelOrchestrator.executor() or ProcessPoolExecutor); choose another name"
+        )
+    if not isinstance(path, str) or not HANDLER_PATH.match(path):
+        raise ValueError(f"handler for {task_type!r} is {path!r}; expected 'module:function'")
 
 
 class TaskSpec(_Checked):

@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import queue
+import reprlib
 import socket
 import stat
 import struct
@@ -265,7 +266,7 @@ class ControlServer:
         result = self._orchestrator.get_result(task_id)
         if result is None:
             return {"task_id": task_id, "status": self._orchestrator.get_task_status(task_id).value}
-        return result.model_dump(mode="json")
+        return result_json(result)
 
     def _submit(self, request: dict[str, Any]) -> dict[str, Any]:
         spec = _argument(request, "spec", dict)
@@ -305,9 +306,7 @@ class ControlServer:
                 send_frame(connection, replay.model_dump(mode="json"))
             if final is not None:
                 name = "task_completed" if final.success else f"task_{final.status.value}"
-                send_frame(
-                    connection, {"event": name, "task_id": task_id, "result": final.model_dump(mode="json")}
-                )
+                send_frame(connection, {"event": name, "task_id": task_id, "result": result_json(final)})
                 return
             self._stream(connection, events, task_id, replayed=kept[-1][0] if kept else -1)
         finally:
@@ -327,7 +326,7 @@ class ControlServer:
                 continue
             if isinstance(event, TaskPartialEvent) and event.index <= replayed:
                 continue
-            send_frame(connection, event.model_dump(mode="json"))
+            send_frame(connection, event.model_dump(mode="json", fallback=_shown))
             if task_id is not None and event.event in _FINAL_EVENTS:
                 return
 
@@ -413,3 +412,13 @@ def _argument(request: dict[str, Any], key: str, kind: type, default: Any = _MIS
     if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is int)):
         raise ValueError(f"{key!r} must be a {kind.__name__}, not {type(value).__name__}")
     return value
+
+
+def result_json(result: TaskResult) -> dict[str, Any]:
+    """A result as JSON-ready data; an executor's result that JSON cannot carry is shown by its repr
+    (the control socket never carries pickle)."""
+    return result.model_dump(mode="json", fallback=_shown)
+
+
+def _shown(value: Any) -> str:
+    return reprlib.repr(value)

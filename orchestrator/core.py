@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -21,6 +22,7 @@ from orchestrator.errors import (
     OrchestratorClosedError,
 )
 from orchestrator.events import EventBus
+from orchestrator.executor import CallPort, TaskExecutor
 from orchestrator.journal import Journal
 from orchestrator.logs import enable_logging
 from orchestrator.lookup import TaskIds, TaskLookup
@@ -77,6 +79,7 @@ class ParallelOrchestrator:
             self._journal_now,
         )
         self._waits = Waits(self._lookup, self._running_supervisor)
+        self._calls = CallPort(self._admission, self._running_supervisor)
         self._topics = HostTopics(self._running_supervisor)
         self._schedules = HostSchedules(self._admission, self._running_supervisor, self._journal_now)
         self._assembly = Assembly(
@@ -357,6 +360,40 @@ class ParallelOrchestrator:
         if supervisor is None or record.result is not None:
             return False
         return supervisor.call(lambda: supervisor.cancel(record))
+
+    def executor(
+        self,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        **task_defaults: Any,
+    ) -> TaskExecutor:
+        """A `concurrent.futures.Executor` whose functions run as tasks on this orchestrator.
+
+        ``task_defaults`` are `TaskSpec` fields every task takes (``priority``, ``timeout``,
+        ``retries``, ``retry_on_exception``, ``group``...); ``executor.options(...)`` changes
+        them. ``initializer(*initargs)`` runs once in each worker process before its first
+        function from this executor. Shutting the executor down leaves the orchestrator running.
+
+        Raises:
+            InvalidTaskError: a default that does not validate (the message names the field).
+        """
+        return TaskExecutor(self._calls, task_defaults, initializer, initargs)
+
+    def register_handler(self, name: str, handler: str) -> None:
+        """Add the task type ``name``, run by ``handler`` (``"module:function"``), from now on:
+        `submit_task`, ``ctx.submit``, the control socket and ``orch submit`` know it.
+
+        It also lets every type whose worker initializer kept failing try again.
+
+        Raises:
+            ValueError: a malformed name or path, the reserved ``call``, or a name already taken.
+        """
+        self._admission.register(name, handler)
+        supervisor = self._supervisor
+        if supervisor is not None:
+            with contextlib.suppress(OrchestratorClosedError):
+                supervisor.post(supervisor.init_guard.reset)
 
     def get_group(self, name: str) -> GroupStatus:
         """A group's members in submission order and their counts by status.

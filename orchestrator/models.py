@@ -7,11 +7,19 @@ out, so they are safe to keep and to pass between threads.
 from __future__ import annotations
 
 import enum
+from concurrent.futures import CancelledError
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from orchestrator.errors import (
+    MemoryLimitError,
+    TaskFailedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerInitError,
+)
 from workers.values import utc_moment
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -72,6 +80,7 @@ ErrorKind = Literal[
     "serialization",
     "rate_limit",
     "interrupted",
+    "worker_init",
 ]
 
 
@@ -83,13 +92,15 @@ class TaskError(_Frozen):
     """Why a task did not complete: ``kind`` classifies, ``message`` explains.
 
     ``traceback`` is the worker's traceback as text (empty when the failure was not an exception
-    in the handler) and ``exception_type`` the name of the exception's class.
+    in the handler) and ``exception_type`` the name of the exception's class. ``exitcode`` is a
+    crashed worker's exit code (negative: the signal that killed it), when known.
     """
 
     kind: ErrorKind
     message: str
     traceback: str = ""
     exception_type: str = ""
+    exitcode: int | None = None
 
 
 class TaskResult(_Frozen):
@@ -106,6 +117,41 @@ class TaskResult(_Frozen):
     finished_at: datetime | None = None
     duration_s: float | None = None
     parent: str | None = None
+
+    def raise_for_error(self) -> None:
+        """Return if the task completed; else raise what its failure maps to.
+
+        ``timeout``: `TaskTimeoutError`; ``worker_crashed``: `WorkerCrashedError` (with the
+        ``exitcode``); ``memory_limit``: `MemoryLimitError`; ``worker_init``: `WorkerInitError`;
+        cancelled: `concurrent.futures.CancelledError`; anything else: `TaskFailedError`. The
+        exception's ``result`` is this result.
+        """
+        if self.success:
+            return
+        raise failure_exception(self)
+
+
+def failure_exception(result: TaskResult) -> BaseException:
+    """The exception a failed or cancelled result maps to (see `TaskResult.raise_for_error`)."""
+    error = result.error
+    if result.status is TaskStatus.CANCELLED:
+        return CancelledError(error.message if error else f"task {result.task_id} was cancelled")
+    if error is None:
+        return TaskFailedError(f"task {result.task_id} ended {result.status.value}", result)
+    message = f"task {result.task_id} failed ({error.kind}): {error.message}"
+    crashed = _CRASH_ERRORS.get(error.kind)
+    if crashed is not None:
+        return crashed(message, result, error.exitcode)
+    if error.kind == "timeout":
+        return TaskTimeoutError(message, result)
+    return TaskFailedError(message, result)
+
+
+_CRASH_ERRORS: dict[str, type[WorkerCrashedError]] = {
+    "worker_crashed": WorkerCrashedError,
+    "memory_limit": MemoryLimitError,
+    "worker_init": WorkerInitError,
+}
 
 
 def result_wire(result: TaskResult) -> dict[str, Any]:

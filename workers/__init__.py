@@ -5,6 +5,7 @@ Handlers receive a `TaskContext`; a stop request raises `TaskCancelled` (or its 
 """
 
 from workers.context import TaskContext as TaskContext
+from workers.context import current_context as current_context
 from workers.errors import CapacityError as CapacityError
 from workers.errors import QueueFullError as QueueFullError
 from workers.errors import RateLimitError as RateLimitError
@@ -30,4 +31,5 @@ __all__ = [
     "TaskError",
     "TaskTimeout",
     "UnknownTaskTypeError",
+    "current_context",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -191,3 +193,40 @@ class TaskContext:
 
     def __repr__(self) -> str:
         return f"<TaskContext {self.task_id} type={self.type!r} attempt={self.attempt}>"
+
+
+# The task an asyncio task of an async worker runs (each asyncio task has its own copy).
+_task_of_coroutine: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "orchestrator_task", default=None
+)
+# The one task a sync worker runs, seen from every thread of the process (a thread the function
+# started included: threads do not inherit context variables).
+_task_of_process: TaskContext | None = None
+
+
+def current_context() -> TaskContext | None:
+    """The context of the task whose code calls this, or None outside a task.
+
+    For code that is not handed a context: a function run by an executor, or a library a handler
+    calls. It gives ``progress``, ``emit``, ``cancelled`` and ``check_cancelled``.
+    """
+    return _task_of_coroutine.get() or _task_of_process
+
+
+@contextlib.contextmanager
+def current_task(ctx: TaskContext, process_wide: bool) -> Iterator[None]:
+    """Make ``ctx`` what `current_context` returns while the block runs: for the whole process
+    (a sync worker) or for the running asyncio task only (an async worker)."""
+    global _task_of_process
+    if process_wide:
+        _task_of_process = ctx
+        try:
+            yield
+        finally:
+            _task_of_process = None
+        return
+    token = _task_of_coroutine.set(ctx)
+    try:
+        yield
+    finally:
+        _task_of_coroutine.reset(token)

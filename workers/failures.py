@@ -7,6 +7,7 @@ import traceback
 from typing import Any
 
 from workers import protocol
+from workers.calls import CallRaised, InitializerFailed
 from workers.context import TaskContext
 from workers.errors import RateLimitError, TaskCancelled
 
@@ -20,6 +21,19 @@ def failure(task_id: str, kind: str, exc: BaseException, prefix: str = "") -> pr
 
 def classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
     """The failure message for an exception that ended a handler."""
+    if isinstance(exc, CallRaised):
+        if exc.kind == "exception":
+            reported = classify(ctx, exc.original)
+        else:
+            reported = failure(
+                ctx.task_id, exc.kind, exc.original, prefix="the function's result cannot be pickled: "
+            )
+        reported.detail = exc.pickled
+        return reported
+    if isinstance(exc, InitializerFailed):
+        reported = init_failure(ctx.task_id, exc.original)
+        reported.detail = exc.pickled
+        return reported
     if isinstance(exc, TaskCancelled):
         return failure(ctx.task_id, ctx.stop_reason or exc.kind, exc)
     if isinstance(exc, RateLimitError):
@@ -27,6 +41,13 @@ def classify(ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
         limited.retry_after = seconds_or_none(exc.retry_after)
         return limited
     return failure(ctx.task_id, "exception", exc)
+
+
+def init_failure(task_id: str, exc: BaseException) -> protocol.TaskFailed:
+    """The failure of a task whose worker's initializer raised: the worker runs no task."""
+    return failure(
+        task_id, "worker_init", exc, prefix=f"the worker initializer raised {type(exc).__name__}: "
+    )
 
 
 def over_cap(task_id: str, exc: MemoryError, limit_mb: float | None) -> protocol.TaskFailed:

@@ -52,6 +52,9 @@ class RunTask:
     report_start: bool = True
     # This worker's count of tasks sent to it, this one included: a `Revoke` names it.
     seq: int = 0
+    # A ``"module:function"`` the worker calls once, with no arguments, before its first task
+    # that names it (``OrchestratorConfig.worker_init``); empty for none.
+    init: str = ""
 
 
 @dataclass(slots=True)
@@ -188,6 +191,8 @@ class TaskFailed:
     traceback: str
     exception_type: str
     retry_after: float | None = None
+    # A ``call`` task's exception, pickled (see `workers.calls`); empty for other tasks.
+    detail: bytes = b""
 
 
 @dataclass(slots=True)
@@ -331,7 +336,7 @@ _NON_NEGATIVE: Final = frozenset(
 )
 # The failures a worker may report for a task; the rest (crash, memory kill...) only the host decides.
 WORKER_FAILURE_KINDS: Final = frozenset(
-    {"exception", "timeout", "cancelled", "serialization", "rate_limit", "memory_limit"}
+    {"exception", "timeout", "cancelled", "serialization", "rate_limit", "memory_limit", "worker_init"}
 )
 
 _Schema = tuple[int, tuple[tuple[str, tuple[type[Any], ...], bool], ...]]

@@ -30,9 +30,10 @@ from multiprocessing.connection import Connection
 from typing import Any, Final
 
 from workers import protocol
-from workers.context import TaskContext
+from workers.calls import CallRaised
+from workers.context import TaskContext, current_task
 from workers.errors import stop_exception
-from workers.failures import classify, failure, over_cap
+from workers.failures import classify, failure, init_failure, over_cap
 from workers.host_link import RemoteTasks, TaskPipe, exit_orphaned, process_alive, read_messages
 from workers.memcap import cap_memory
 from workers.messaging import Link
@@ -150,6 +151,7 @@ class _WorkerRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_tasks: dict[str, asyncio.Task[None]] = {}
         self._handlers: dict[str, Callable[..., Any]] = {}
+        self._initialized: set[str] = set()
         self._blocks = blocks
         self._mapped: dict[str, BlockReader] = {}
         self._accepted_blocks = accepted_blocks
@@ -265,6 +267,12 @@ class _WorkerRuntime:
     def _prepare(self, msg: protocol.RunTask) -> tuple[TaskContext, Callable[..., Any]] | protocol.TaskFailed:
         """Resolve the handler and build the context; a failure here is the task's error."""
         mapped = BlockReader(copy=False, accept=self._accepted_blocks)
+        if msg.init and msg.init not in self._initialized:
+            try:
+                resolve_handler(msg.init)()
+            except BaseException as exc:  # noqa: BLE001 - user code: the task's error, the worker retired
+                return init_failure(msg.task_id, exc)
+            self._initialized.add(msg.init)
         try:
             handler = self._resolve(msg.handler)
             config = protocol.unpack_payload(msg.config, mapped)
@@ -331,13 +339,14 @@ class _WorkerRuntime:
 
     def _invoke(self, handler: Callable[..., Any], ctx: TaskContext) -> Any:
         """Call the handler with the stop signal deliverable, and only while it runs."""
-        self._in_handler = True
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_MASK)
-        try:
-            return handler(ctx)
-        finally:
-            self._in_handler = False
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_MASK)
+        with current_task(ctx, process_wide=True):
+            self._in_handler = True
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_MASK)
+            try:
+                return handler(ctx)
+            finally:
+                self._in_handler = False
+                signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_MASK)
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         if not self._in_handler:
@@ -410,7 +419,8 @@ class _WorkerRuntime:
 
     async def _run_async(self, ctx: TaskContext, handler: Callable[..., Any]) -> None:
         try:
-            result = await handler(ctx)
+            with current_task(ctx, process_wide=False):
+                result = await handler(ctx)
         except asyncio.CancelledError:
             reason = ctx.stop_reason or "cancelled"
             reply: protocol.Message = failure(ctx.task_id, reason, stop_exception(reason))
@@ -431,8 +441,9 @@ class _WorkerRuntime:
             task.cancel()
 
     def _classify(self, ctx: TaskContext, exc: BaseException) -> protocol.TaskFailed:
-        if isinstance(exc, MemoryError) and self._memory_capped:
-            return over_cap(ctx.task_id, exc, self._max_memory_mb)
+        raised = exc.original if isinstance(exc, CallRaised) else exc
+        if isinstance(raised, MemoryError) and self._memory_capped:
+            return over_cap(ctx.task_id, raised, self._max_memory_mb)
         return classify(ctx, exc)
 
     def _resolve(self, path: str) -> Callable[..., Any]:
@@ -447,7 +458,7 @@ def _dependencies(packed: Any) -> dict[str, Any]:
     if not packed:
         return {}
     results, errors = packed
-    return {**results, **{task_id: TaskError(**fields) for task_id, fields in errors.items()}}
+    return {**results, **{task_id: TaskError.from_wire(fields) for task_id, fields in errors.items()}}
 
 
 def _usage() -> protocol.Usage:

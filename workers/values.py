@@ -19,6 +19,12 @@ class TaskError(NamedTuple):
     traceback: str = ""
     exception_type: str = ""
 
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> TaskError:
+        """The error of a result the host packed (fields a handler does not see, such as a
+        crash's ``exitcode``, are left out)."""
+        return cls(fields["kind"], fields["message"], fields["traceback"], fields["exception_type"])
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -60,7 +66,7 @@ class ChildResult:
             status=fields["status"],
             success=fields["success"],
             data=fields["data"],
-            error=None if error is None else TaskError(**error),
+            error=None if error is None else TaskError.from_wire(error),
             attempts=fields["attempts"],
             worker_pid=fields["worker_pid"],
             started_at=utc_moment(fields["started_at"]),

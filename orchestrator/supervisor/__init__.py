@@ -23,7 +23,8 @@ above it in this list; a lower one that must reach a higher one is handed a call
   and the journal alike, is `orchestrator.models.result_wire`).
 - ``loop``: `CommandQueue`, the commands and submitted tasks other threads hand in, and the
   wake-up pipe.
-- ``journaling``: `JournalLink`, whether task changes are still journaled.
+- ``journaling``: `JournalLink`, whether task changes are still journaled (never an executor's).
+- ``init_guard``: `InitGuard`, worker initializer failures in a row, by task type.
 - ``graph``: `TaskGraph`, who waits for whom (dependencies, groups, plans).
 - ``capacity``: `Capacity`, running tasks per type against their caps, AIMD limits and lent slots.
 - ``announce``: `Announcer`, every event, task log line and metric hook, built once.

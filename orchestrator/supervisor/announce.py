@@ -96,6 +96,8 @@ class Announcer:
             worker.worker_id,
             record.attempts,
         )
+        if record.on_start is not None:
+            self._bus.post(record.task_id, record.on_start)
         self._event(
             "task_started",
             record,

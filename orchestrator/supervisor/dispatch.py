@@ -12,6 +12,7 @@ from orchestrator.plans import PlanError, substitute
 from orchestrator.scheduler import QueueSlots, Timers
 from orchestrator.supervisor.capacity import Capacity
 from orchestrator.supervisor.fleet import Fleet
+from orchestrator.supervisor.init_guard import InitGuard
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.line import Line
 from orchestrator.supervisor.record import TaskRecord, active_record
@@ -38,8 +39,10 @@ class Dispatcher:
         fleet: Fleet,
         capacity: Capacity,
         lifecycle: Lifecycle,
+        init_guard: InitGuard,
     ) -> None:
         self._config = config
+        self._init_guard = init_guard
         self._tasks = tasks
         self._queue_slots = queue_slots
         self._pool = pool
@@ -59,13 +62,19 @@ class Dispatcher:
         blocked: set[str] = set()
 
         def may_run(task_type: str) -> bool:
-            return task_type not in blocked and self._capacity.has_room(task_type)
+            if task_type in blocked:
+                return False
+            return self._capacity.has_room(task_type) or self._init_guard.broken(task_type) is not None
 
         while self._line:
             best = self._line.peek_best(may_run)
             if best is None:
                 return
             task_type, task_id = best
+            broken = self._init_guard.broken(task_type)
+            if broken is not None:  # no worker of its type can start: it fails without one
+                self._lifecycle.fail(self._line.pop(task_type), "worker_init", broken)
+                continue
             worker = self._worker_for(task_type)
             if worker is None:
                 blocked.add(task_type)
@@ -127,6 +136,7 @@ class Dispatcher:
             deps,
             record.attempts + 1,
             spec.group,
+            init=self._config.worker_init_of(spec.type),
         )
 
     def _dependency_outcomes(self, record: TaskRecord) -> tuple[dict[str, Any], dict[str, Any]]:

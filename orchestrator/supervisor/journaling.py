@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.journal import Journal
+from orchestrator.supervisor.record import TaskRecord
 
 
 class JournalLink:
@@ -21,12 +22,17 @@ class JournalLink:
         journal, self.journal = self.journal, None
         return journal
 
-    def started(self, task_id: str, attempt: int) -> None:
-        """The task runs its ``attempt``-th attempt."""
-        if self.journal is not None:
-            self.journal.started(task_id, attempt)
+    def started(self, record: TaskRecord) -> None:
+        """The task runs its next attempt."""
+        if self.journal is not None and record.journaled:
+            self.journal.started(record.task_id, record.attempts)
 
-    def requeued(self, task_id: str, attempts: int) -> None:
-        """The task is queued again, after ``attempts`` attempts."""
-        if self.journal is not None:
-            self.journal.requeued(task_id, attempts)
+    def requeued(self, record: TaskRecord) -> None:
+        """The task is queued again, after the attempts it made."""
+        if self.journal is not None and record.journaled:
+            self.journal.requeued(record.task_id, record.attempts)
+
+    def of(self, record: TaskRecord) -> Journal | None:
+        """The journal to write this task's changes to (None: journaling stopped, or a task the
+        journal never holds)."""
+        return self.journal if record.journaled else None

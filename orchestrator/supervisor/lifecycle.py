@@ -96,7 +96,7 @@ class Lifecycle:
         """The task runs on ``worker`` from now: its timeout's clock starts."""
         record.revoking = False
         record.status = TaskStatus.RUNNING
-        self._journaling.started(record.task_id, record.attempts)
+        self._journaling.started(record)
         self.counts[TaskStatus.QUEUED] -= 1
         self.counts[TaskStatus.RUNNING] += 1
         record.started_at = time.time()
@@ -120,7 +120,7 @@ class Lifecycle:
         record.worker = None
         record.attempts -= 1
         record.revoking = False
-        self._journaling.requeued(record.task_id, record.attempts)
+        self._journaling.requeued(record)
         record.holds_slot = self._queue_slots.take()
         self._line.join(record)
         if not worker.tasks and worker.worker_id in self._fleet.workers and worker.exit_reason is None:
@@ -182,6 +182,7 @@ class Lifecycle:
         traceback: str = "",
         exception_type: str = "",
         retry_after: float | None = None,
+        exitcode: int | None = None,
     ) -> None:
         """End an attempt without a result: retry it if its spec allows, else finish the task."""
         self._announce.attempt_failed(record, kind)
@@ -194,6 +195,7 @@ class Lifecycle:
             message=message,
             traceback=traceback,
             exception_type=exception_type,
+            exitcode=exitcode,
         )
         status = TaskStatus.CANCELLED if kind == "cancelled" else TaskStatus.ERROR
         self.finish(record, status, error=error)
@@ -208,7 +210,7 @@ class Lifecycle:
         self.counts[record.status] -= 1
         self.counts[TaskStatus.QUEUED] += 1
         record.status = TaskStatus.QUEUED
-        self._journaling.requeued(record.task_id, record.attempts)
+        self._journaling.requeued(record)
         self._end_attempt(record, kind)
         delay = _retry_delay(record.spec, record.attempts, retry_after)
         self._announce.retrying(record, was_running, kind, message, delay)

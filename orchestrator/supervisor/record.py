@@ -67,6 +67,12 @@ class TaskRecord:
     # When it last entered the ready queue (monotonic): the start of its queue wait.
     ready_at: float = 0.0
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
+    # Told on the event thread when an attempt starts (an executor's future turns running).
+    on_start: Callable[[], None] | None = None
+    # False for an executor's task: its config and result are pickles, which the journal never holds.
+    journaled: bool = True
+    # An executor task's last exception, pickled by its worker (see `workers.calls`).
+    raised: bytes = b""
 
 
 def is_delayed(record: TaskRecord, now_mono: float, now_wall: float) -> bool:

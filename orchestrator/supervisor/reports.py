@@ -11,9 +11,10 @@ from orchestrator.models import Progress, TaskStatus, assemble
 from orchestrator.supervisor.announce import Announcer
 from orchestrator.supervisor.capacity import Capacity
 from orchestrator.supervisor.fleet import Fleet, WorkerExit
+from orchestrator.supervisor.init_guard import InitGuard
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.record import TaskRecord, active_record, prefetched
-from workers import protocol
+from workers import calls, protocol
 from workers.shm import BlockReader
 
 # Partial results kept per task for `stream` (the oldest are dropped first).
@@ -32,7 +33,9 @@ class Reports:
         capacity: Capacity,
         announce: Announcer,
         block_reader: BlockReader,
+        init_guard: InitGuard,
     ) -> None:
+        self._init_guard = init_guard
         self._tasks = tasks
         self._lifecycle = lifecycle
         self._fleet = fleet
@@ -86,9 +89,15 @@ class Reports:
                 self._complete(record, msg.data)
             else:
                 self._failed(worker, record, msg)
-        if isinstance(msg, protocol.TaskFailed) and msg.kind == "memory_limit":
-            # Its own cap stopped the handler; its memory is surely given back only with the process.
-            self._fleet.kill(worker, "memory_limit")
+        kind = msg.kind if isinstance(msg, protocol.TaskFailed) else None
+        if isinstance(msg, protocol.TaskFailed) and kind == "worker_init":
+            self._init_guard.failed(worker.type or "", msg.message)
+        elif worker.type is not None:
+            self._init_guard.succeeded(worker.type)
+        if kind in ("memory_limit", "worker_init"):
+            # Its own cap stopped the handler (its memory is surely given back only with the
+            # process), or it never initialized: it takes no more tasks; those it holds go back.
+            self._fleet.kill(worker, kind)
         elif msg.task_id in worker.tasks:
             self._fleet.task_over(worker, msg.task_id)
             self._lifecycle.start_head(worker)
@@ -99,6 +108,13 @@ class Reports:
         except protocol.PayloadError as exc:
             self._lifecycle.fail(record, "serialization", f"the handler's result {exc}")
             return
+        if record.spec.type == calls.CALL_TYPE:
+            try:
+                data = calls.loads(data["result"], data["buffers"])
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises is this task's failure
+                why = f"the function's result cannot be unpickled here: {type(exc).__name__}: {exc}"
+                self._lifecycle.fail(record, "serialization", why, exception_type=type(exc).__name__)
+                return
         self._lifecycle.finish(record, TaskStatus.COMPLETED, data=data)
 
     def _failed(self, worker: WorkerHandle, record: TaskRecord, msg: protocol.TaskFailed) -> None:
@@ -106,6 +122,7 @@ class Reports:
             self._capacity.rate_limited(record.spec.type)
         elif msg.kind == "memory_limit":
             self._announce.memory_limit_kill(worker)
+        record.raised = msg.detail
         lifecycle = self._lifecycle
         lifecycle.fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type, msg.retry_after)
 
@@ -133,4 +150,4 @@ class Reports:
             if prefetched(record) and (not end.never_started or end.reason == "start_timeout"):
                 self._lifecycle.take_back(worker, record.task_id)
             else:
-                self._lifecycle.fail(record, "worker_crashed", message)
+                self._lifecycle.fail(record, "worker_crashed", message, exitcode=end.exitcode)

@@ -56,7 +56,7 @@ class Results:
         self._recent.append(time.monotonic())
         record.status = result.status
         record.result = result
-        journal = self._journaling.journal
+        journal = self._journaling.of(record)
         if journal is not None:
             journal.finished(record.task_id, result.status.value, record.attempts, journal_result(result))
         if record.waiters:
@@ -103,7 +103,7 @@ class Results:
                 self._kept.append((finished_at, task_id))  # a dependant still needs it
                 break
             self._tasks.pop(task_id, None)
-            if expired and journal is not None:
+            if expired and journal is not None and (kept is None or kept.journaled):
                 journal.forget(task_id)
 
     def _on_ttl_sweep(self) -> None:

@@ -33,6 +33,7 @@ from orchestrator.supervisor.dispatch import Dispatcher
 from orchestrator.supervisor.fleet import Fleet
 from orchestrator.supervisor.graph import TaskGraph
 from orchestrator.supervisor.inbox import Handlers, Inbox
+from orchestrator.supervisor.init_guard import InitGuard
 from orchestrator.supervisor.journaling import JournalLink
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.line import Line
@@ -138,7 +139,10 @@ class Supervisor:
         """The collaborators that move tasks through that state: dispatch, messages, schedules,
         shutdown."""
         tasks, timers, lifecycle, fleet = self._tasks, self._timers, self._lifecycle, self._fleet
-        self._reports = Reports(tasks, lifecycle, fleet, self._capacity, self._announce, block_reader)
+        self.init_guard = InitGuard()
+        self._reports = Reports(
+            tasks, lifecycle, fleet, self._capacity, self._announce, block_reader, self.init_guard
+        )
         self._dispatch = Dispatcher(
             self._config,
             tasks,
@@ -149,6 +153,7 @@ class Supervisor:
             fleet=fleet,
             capacity=self._capacity,
             lifecycle=lifecycle,
+            init_guard=self.init_guard,
         )
         self._inbox = Inbox(fleet, self._message_handlers())
         host = TaskScheduleHost(
@@ -427,7 +432,7 @@ class Supervisor:
     def metrics_state(self) -> tuple[list[WorkerReading], dict[str, int]]:
         """For a scrape, from any thread: (type, state, pid if local) of every worker, and the
         parallelism each task type is allowed now."""
-        task_types = list(self._config.task_handlers())
+        task_types = self._config.task_types()
         return self.call(lambda: (self._fleet.readings(), self._capacity.allowed(task_types)))
 
     def worker_rows(self) -> list[dict[str, Any]]:
