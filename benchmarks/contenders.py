@@ -52,6 +52,10 @@ class Contender(ABC):
     def wait(self, handle: Any) -> Any:
         return handle.result()
 
+    def map(self, kind: str, args: list[Any], chunksize: int) -> list[Any]:
+        """``map`` of the kind's plain function over ``args`` (executor-like contenders)."""
+        return list(self.pool.map(PLAIN[kind], args, chunksize=chunksize))
+
     def abandon(self) -> None:
         """Stop at once, dropping queued tasks (the scale benchmark does not drain 100,000)."""
         self.stop()
@@ -105,6 +109,32 @@ class Orchestrator(Contender):
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self.orch.get_workers() if w.pid is not None]
+
+
+class OrchestratorExecutor(Contender):
+    """This orchestrator through its concurrent.futures facade, running the peers' plain functions."""
+
+    name = "orchestrator executor"
+
+    def start(self) -> None:
+        from orchestrator import ProcessPoolExecutor as Facade
+
+        self.pool = Facade(
+            self.workers,
+            mp_context=multiprocessing.get_context(self.method),
+            min_workers=self.workers,
+            max_results_in_memory=self.queue,
+            control_socket=False,
+        )
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, kind: str, arg: Any) -> Future[Any]:
+        return self.pool.submit(PLAIN[kind], arg)
 
 
 class PPE(Contender):
@@ -181,8 +211,13 @@ class Pebble(Contender):
     def submit(self, kind: str, arg: Any) -> Any:
         return self.pool.schedule(PLAIN[kind], args=(arg,))
 
+    def map(self, kind: str, args: list[Any], chunksize: int) -> list[Any]:
+        return list(self.pool.map(PLAIN[kind], args, chunksize=chunksize).result())
+
 
 ALL: list[type[Contender]] = [Orchestrator, PPE, MPPool, Loky, Pebble]
+# The concurrent.futures-style pools, for the executor benchmark.
+EXECUTORS: list[type[Contender]] = [OrchestratorExecutor, PPE, Loky, Pebble]
 
 
 def import_all() -> None:

@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.contenders import ALL, HANDLERS, PPE, Contender, Orchestrator, import_all
+from benchmarks.contenders import ALL, EXECUTORS, HANDLERS, PPE, Contender, Orchestrator, import_all
 
 MIB = 2**20
 Measure = Callable[[type[Contender], argparse.Namespace], dict[str, float]]
@@ -155,6 +155,21 @@ def scale(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
     return {"submits/s with 100k queued": rate, "heap bytes per queued task": per_task}
 
 
+def executor(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
+    """The concurrent.futures surface: 20,000 submits of a module-level no-op, and map over 20,000 items."""
+    figures = {}
+    with kind(args.workers, args.start_method) as pool:
+        started = time.perf_counter()
+        for future in [pool.submit("noop", 0) for _ in range(20_000)]:
+            future.result()
+        figures["submit no-ops/s"] = 20_000 / (time.perf_counter() - started)
+        for chunksize in (1, 100):
+            started = time.perf_counter()
+            pool.map("noop", [0] * 20_000, chunksize)
+            figures[f"map chunksize {chunksize} items/s"] = 20_000 / (time.perf_counter() - started)
+    return figures
+
+
 BENCHMARKS: dict[str, Measure] = {
     "throughput": throughput,
     "latency": latency,
@@ -162,7 +177,10 @@ BENCHMARKS: dict[str, Measure] = {
     "payloads": payloads,
     "memory": memory,
     "scale": scale,
+    "executor": executor,
 }
+# Who runs each benchmark (all contenders unless named here).
+CONTENDERS: dict[str, list[type[Contender]]] = {"executor": EXECUTORS}
 Results = dict[str, dict[str, dict[str, list[float]]]]  # benchmark -> figure -> contender -> values
 
 
@@ -173,7 +191,7 @@ def run(args: argparse.Namespace) -> Results:
         measure = BENCHMARKS[name]
         figures = results.setdefault(name, {})
         for _ in range(args.repeat):
-            for kind in ALL:
+            for kind in CONTENDERS.get(name, ALL):
                 for figure, value in measure(kind, args).items():
                     figures.setdefault(figure, {}).setdefault(kind.name, []).append(value)
         print_table(name, (measure.__doc__ or "").strip(), figures)
