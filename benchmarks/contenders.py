@@ -111,32 +111,6 @@ class Orchestrator(Contender):
         return [w.pid for w in self.orch.get_workers() if w.pid is not None]
 
 
-class OrchestratorExecutor(Contender):
-    """This orchestrator through its concurrent.futures facade, running the peers' plain functions."""
-
-    name = "orchestrator executor"
-
-    def start(self) -> None:
-        from orchestrator import ProcessPoolExecutor as Facade
-
-        self.pool = Facade(
-            self.workers,
-            mp_context=multiprocessing.get_context(self.method),
-            min_workers=self.workers,
-            max_results_in_memory=self.queue,
-            control_socket=False,
-        )
-
-    def stop(self) -> None:
-        self.pool.shutdown(wait=True)
-
-    def abandon(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, kind: str, arg: Any) -> Future[Any]:
-        return self.pool.submit(PLAIN[kind], arg)
-
-
 class PPE(Contender):
     name = "ProcessPoolExecutor"
 
@@ -151,6 +125,23 @@ class PPE(Contender):
 
     def submit(self, kind: str, arg: Any) -> Future[Any]:
         return self.pool.submit(PLAIN[kind], arg)
+
+
+class OrchestratorExecutor(PPE):
+    """This orchestrator through its concurrent.futures facade, running the peers' plain functions."""
+
+    name = "orchestrator executor"
+
+    def start(self) -> None:
+        from orchestrator import ProcessPoolExecutor as Facade
+
+        self.pool = Facade(  # type: ignore[assignment]
+            self.workers,
+            mp_context=multiprocessing.get_context(self.method),
+            min_workers=self.workers,
+            max_results_in_memory=self.queue,
+            control_socket=False,
+        )
 
 
 class MPPool(Contender):

@@ -129,12 +129,12 @@ def _raised(result: TaskResult, pickled: bytes) -> BaseException:
     if not pickled or error is None or error.kind not in ("exception", "serialization"):
         mapped = failure_exception(result)
         if pickled and error is not None and error.kind == "worker_init":
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 mapped.__cause__ = pickle.loads(pickled)  # the initializer's own exception
         return mapped
     try:
         exc: BaseException = pickle.loads(pickled)
-    except Exception as failure:  # noqa: BLE001 - e.g. an exception class that needs other arguments
+    except BaseException as failure:  # noqa: BLE001 - e.g. a class that needs other arguments, a reducer that exits
         exc = TaskFailedError(
             f"the function raised {error.exception_type}: {error.message} (it could not be rebuilt "
             f"here: {type(failure).__name__}: {failure})",
@@ -153,10 +153,16 @@ class CallPort:
         self._supervisor = supervisor
         self.config = admission.config
 
-    def submit(self, spec: TaskSpec, callbacks: Callbacks, on_start: Callable[[], None]) -> TaskRecord:
-        """Queue a call (starting the orchestrator if it is not yet); its record."""
+    def submit(
+        self,
+        spec: TaskSpec,
+        callbacks: Callbacks,
+        on_start: Callable[[], None],
+        bind: Callable[[TaskRecord], None],
+    ) -> None:
+        """Queue a call (starting the orchestrator if it is not yet); see `Admission.submit_call`."""
         self._supervisor()
-        return self._admission.submit_call(spec, callbacks, on_start)
+        self._admission.submit_call(spec, callbacks, on_start, bind)
 
     def cancel(self, record: TaskRecord) -> None:
         """Cancel the call's task without waiting for the supervisor (a future was cancelled)."""
@@ -243,8 +249,7 @@ class TaskExecutor(Executor):
             return future
         description = self._template.description or _name_of(fn)
         spec = self._template.model_copy(update={"config": config, "description": description})
-        record = self._admit(spec, future)
-        future._bind(record, self._port.cancel)
+        self._admit(spec, future)
         return future
 
     def map(
@@ -308,23 +313,32 @@ class TaskExecutor(Executor):
         if shared.shut:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _admit(self, spec: TaskSpec, future: TaskFuture[Any]) -> TaskRecord:
+    def _admit(self, spec: TaskSpec, future: TaskFuture[Any]) -> None:
         """Queue the task, waiting while the queue is full (a submit never raises QueueFullError)."""
         shared = self._shared
-        callbacks = (future._on_progress, self._final_of(future), self._final_of(future))
+        on_final = self._final_of(future)
+        callbacks = (future._on_progress, on_final, on_final)
+
+        def bind(record: TaskRecord) -> None:
+            future._bind(record, self._port.cancel)
+
+        with shared.lock:
+            shared.futures.add(future)  # before its final callback can run
         wait = 0.0005
-        while True:
-            try:
-                record = self._port.submit(spec, callbacks, future._on_start)
-            except QueueFullError:
-                with shared.room:
-                    self._check_open()
-                    shared.room.wait(wait)
-                wait = min(wait * 2, _MAX_ROOM_WAIT)
-                continue
+        try:
+            while True:
+                try:
+                    self._port.submit(spec, callbacks, future._on_start, bind)
+                    return
+                except QueueFullError:
+                    with shared.room:
+                        self._check_open()
+                        shared.room.wait(wait)
+                    wait = min(wait * 2, _MAX_ROOM_WAIT)
+        except BaseException:
             with shared.lock:
-                shared.futures.add(future)
-            return record
+                shared.futures.discard(future)
+            raise
 
     def _final_of(self, future: TaskFuture[Any]) -> Callable[[TaskResult], None]:
         shared = self._shared

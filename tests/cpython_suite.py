@@ -24,13 +24,17 @@ import tempfile
 import unittest
 from pathlib import Path
 
-DEFAULT = Path(f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}/test/test_concurrent_futures.py")
+DEFAULT = Path(
+    f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}/test/test_concurrent_futures.py"
+)
 MODULE = "cpython_concurrent_futures"
 METHODS = ("Fork", "Forkserver", "Spawn")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", nargs="?", type=Path, default=DEFAULT)
     parser.add_argument("-k", dest="pattern", default=None, help="only tests whose id contains this")
     args = parser.parse_args()
@@ -60,7 +64,11 @@ def _run(module: object, method: str, pattern: str | None) -> int:
     loader = unittest.TestLoader()
     suite = unittest.TestSuite()
     for name, value in sorted(vars(module).items()):
-        if isinstance(value, type) and issubclass(value, unittest.TestCase) and name.startswith(f"ProcessPool{method}"):
+        if (
+            isinstance(value, type)
+            and issubclass(value, unittest.TestCase)
+            and name.startswith(f"ProcessPool{method}")
+        ):
             for test in loader.loadTestsFromTestCase(value):
                 if pattern is None or pattern in test.id():
                     suite.addTest(test)

@@ -120,7 +120,9 @@ def run_call(ctx: TaskContext) -> dict[str, Any]:
         raise CallRaised(exc, pickled_exception(exc)) from exc
     try:
         pickled, buffers = dumps(result, config.get("out_of_band"))
-    except Exception as exc:
+    except TaskCancelled:
+        raise
+    except BaseException as exc:  # a reducer may raise anything, SystemExit included
         raise CallRaised(exc, pickled_exception(exc), "serialization") from exc
     return {"result": pickled, "buffers": buffers}
 

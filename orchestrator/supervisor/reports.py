@@ -111,7 +111,7 @@ class Reports:
         if record.spec.type == calls.CALL_TYPE:
             try:
                 data = calls.loads(data["result"], data["buffers"])
-            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises is this task's failure
+            except BaseException as exc:  # noqa: BLE001 - user code (a reducer) may even raise SystemExit
                 why = f"the function's result cannot be unpickled here: {type(exc).__name__}: {exc}"
                 self._lifecycle.fail(record, "serialization", why, exception_type=type(exc).__name__)
                 return

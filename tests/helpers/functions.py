@@ -121,3 +121,40 @@ def init_fails() -> None:
 def report_ready(ctx: TaskContext) -> Any:
     """A handler: how many times this worker's initializer ran before it."""
     return len(_ready)
+
+
+def _exit_now() -> None:
+    raise SystemExit(1)
+
+
+class ExitsWhenUnpickled:
+    """A value whose unpickling (on the host) raises SystemExit."""
+
+    def __reduce__(self) -> Any:
+        return (_exit_now, ())
+
+
+class ExitingError(Exception):
+    """An exception whose unpickling (on the host) raises SystemExit."""
+
+    def __reduce__(self) -> Any:
+        return (_exit_now, ())
+
+
+def return_exiting() -> Any:
+    return ExitsWhenUnpickled()
+
+
+def raise_exiting() -> None:
+    raise ExitingError("never rebuilt")
+
+
+class FailsWhenPickled:
+    """A value whose pickling (in the worker) raises SystemExit."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(3)
+
+
+def return_unpicklable_exiting() -> Any:
+    return FailsWhenPickled()
