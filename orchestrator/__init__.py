@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from orchestrator.plan_handle import PlanHandle
     from orchestrator.plans import PlanError
     from orchestrator.pool_executor import ProcessPoolExecutor
+    from orchestrator.track import track
 
 _EXPORTS: dict[str, str] = {
     "ParallelOrchestrator": "orchestrator.core",
@@ -105,6 +106,7 @@ _EXPORTS: dict[str, str] = {
     "TaskExecutor": "orchestrator.executor",
     "TaskFuture": "orchestrator.executor",
     "TextLogFormatter": "orchestrator.logs",
+    "track": "orchestrator.track",
 }
 
 __all__ = [
@@ -154,6 +156,7 @@ __all__ = [
     "WorkerInfo",
     "WorkerInitError",
     "WorkerSpawnedEvent",
+    "track",
 ]
 
 

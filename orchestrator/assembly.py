@@ -29,6 +29,7 @@ from orchestrator.lookup import TaskIds, TaskLookup
 from orchestrator.metrics import Metrics
 from orchestrator.recovery import Recovery
 from orchestrator.supervisor import Supervisor, TaskRecord
+from workers.calls import Initializer
 from workers.shm import BlockWriter, block_prefix, unlink_by_prefix
 
 logger = logging.getLogger("orchestrator")
@@ -70,6 +71,8 @@ class Assembly:
         self.control: ControlServer | None = None
         self.supervisor: Supervisor | None = None
         self.recovered: list[str] = []
+        # Executor initializers made before start: every local worker gets them as it starts.
+        self._initializers: dict[str, Initializer] = {}
         # On Dask: the cluster's workers (address, threads, resources, our tasks there).
         self.cluster_nodes: Callable[[], list[dict[str, Any]]] = list
 
@@ -86,6 +89,16 @@ class Assembly:
             _live.add(self)
         logger.info("orchestrator %r started (max_workers=%d)", self._config.name, self._config.max_workers)
         return True
+
+    def inherit(self, initializer: Initializer) -> str | None:
+        """The name under which every worker will hold ``initializer`` from its start, or None
+        once started (or on Dask): then it must travel pickled with each call."""
+        with self._lock:
+            if self.state != "created" or self._config.backend != "local":
+                return None
+            name = f"initializer-{len(self._initializers) + 1}"
+            self._initializers[name] = initializer
+            return name
 
     def shut_down(self, cancel_pending: bool, timeout: float | None, keep_queued: bool) -> bool:
         """Ask the supervisor to shut down (see `ParallelOrchestrator.shutdown`); False when
@@ -221,6 +234,8 @@ class Assembly:
                 self._block_namespace,
                 private,
                 config.max_memory_mb,
+                self._initializers,
+                config.worker_log_level,
             )
             return pool, config
         from orchestrator.backends.dask import DaskPool

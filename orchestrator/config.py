@@ -134,6 +134,11 @@ class OrchestratorConfig(_Checked):
         "text", description="with enable_logging: text lines, or one JSON object per line"
     )
     log_tasks: bool = Field(False, description="log each task's lifecycle at INFO (else at DEBUG)")
+    worker_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = Field(
+        "INFO",
+        description="logging records of workers at this level and above reach the host's logger "
+        "orchestrator.task (None: workers' records stay in the worker)",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, strict=True, description="serve Prometheus /metrics here (0: any free port)"
     )

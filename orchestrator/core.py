@@ -22,7 +22,7 @@ from orchestrator.errors import (
     OrchestratorClosedError,
 )
 from orchestrator.events import EventBus
-from orchestrator.executor import CallPort, TaskExecutor
+from orchestrator.executor import CallPort, TaskExecutor, check_initializer, pickled_initializer
 from orchestrator.journal import Journal
 from orchestrator.logs import enable_logging
 from orchestrator.lookup import TaskIds, TaskLookup
@@ -373,12 +373,22 @@ class ParallelOrchestrator:
         ``task_defaults`` are `TaskSpec` fields every task takes (``priority``, ``timeout``,
         ``retries``, ``retry_on_exception``, ``group``...); ``executor.options(...)`` changes
         them. ``initializer(*initargs)`` runs once in each worker process before its first
-        function from this executor. Shutting the executor down leaves the orchestrator running.
+        function from this executor. Made before `initialize`, every worker gets them as it
+        starts, as the stdlib's pool does, so ``initargs`` may hold a multiprocessing Queue, Lock
+        or Value; made later, they travel pickled. Shutting the executor down leaves the
+        orchestrator running.
 
         Raises:
             InvalidTaskError: a default that does not validate (the message names the field).
+            TypeError: ``initializer`` is not callable.
+            Exception: after `initialize`, the error pickling ``initargs`` raised.
         """
-        return TaskExecutor(self._calls, task_defaults, initializer, initargs)
+        init: bytes | str | None = None
+        if initializer is not None:
+            check_initializer(initializer)
+            init = self._assembly.inherit((initializer, tuple(initargs)))
+            init = init or pickled_initializer(initializer, initargs)
+        return TaskExecutor(self._calls, task_defaults, init)
 
     def register_handler(self, name: str, handler: str) -> None:
         """Add the task type ``name``, run by ``handler`` (``"module:function"``), from now on:

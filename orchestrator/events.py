@@ -146,6 +146,8 @@ class EventBus:
                 delivery.deliver(*delivery.args)
             except Exception:
                 logger.exception("event delivery %r failed", delivery.deliver)
+            # Not kept while the thread waits: it holds the event's values (a function's result).
+            del delivery
 
 
 def call_each(callbacks: tuple[Callback, ...], value: Any, what: str, about: TaskRef | None = None) -> None:

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from concurrent.futures.process import _RemoteTraceback
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from orchestrator.admission import Admission, Callbacks
@@ -39,17 +40,6 @@ T = TypeVar("T")
 _MAX_ROOM_WAIT: Final = 0.05
 # Task defaults an executor sets itself.
 _OWN_FIELDS: Final = frozenset({"type", "config"})
-
-
-class RemoteTraceback(Exception):
-    """The worker's traceback, as text: the ``__cause__`` of an exception a function raised there."""
-
-    def __init__(self, traceback: str) -> None:
-        super().__init__(traceback)
-        self.traceback = traceback
-
-    def __str__(self) -> str:
-        return self.traceback
 
 
 class TaskFuture(Future[T]):
@@ -141,7 +131,8 @@ def _raised(result: TaskResult, pickled: bytes) -> BaseException:
             result,
         )
     if error.traceback:
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{error.traceback}"""')
+        # The stdlib passes the traceback's text, which its type stub does not foresee.
+        exc.__cause__ = _RemoteTraceback(f'\n"""\n{error.traceback}"""')  # type: ignore[arg-type]
     return exc
 
 
@@ -180,7 +171,7 @@ class CallPort:
 class _Shared:
     """What an executor and its `TaskExecutor.options` copies share: futures, shutdown, breakage."""
 
-    def __init__(self, initializer: bytes | None) -> None:
+    def __init__(self, initializer: bytes | str | None) -> None:
         self.initializer = initializer
         self.lock = threading.Lock()
         self.room = threading.Condition(self.lock)
@@ -197,20 +188,11 @@ class TaskExecutor(Executor):
     """
 
     def __init__(
-        self,
-        port: CallPort,
-        task_defaults: dict[str, Any],
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
+        self, port: CallPort, task_defaults: dict[str, Any], initializer: bytes | str | None = None
     ) -> None:
         self._port = port
         self._template = _template(task_defaults)
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
-        pickled_init = None
-        if initializer is not None:
-            pickled_init = pickle.dumps((initializer, tuple(initargs)), protocol=calls.PICKLE_PROTOCOL)
-        self._shared = _Shared(pickled_init)
+        self._shared = _Shared(initializer)
         config = port.config
         self._out_of_band = config.shm_threshold if config.backend == "local" else None
 
@@ -384,18 +366,49 @@ def _in_order(
     """Each future's result in turn, submitting one more item as each is taken."""
     try:
         while futures:
-            future = futures.popleft()
             for call, args in itertools.islice(work, 1):
                 futures.append(submit(call, *args))
             left = None if deadline is None else deadline - time.monotonic()
-            try:
-                yield future.result(left if left is None or left > 0 else 0)
-            except BaseException:
-                future.cancel()
-                raise
+            # No name keeps the future (nor its result) alive while the caller holds the value.
+            yield _result_or_cancel(futures.popleft(), left if left is None or left > 0 else 0)
     finally:
         for future in futures:
             future.cancel()
+
+
+def pickled_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
+    """``(initializer, initargs)`` pickled to travel with each call of an executor made after
+    its orchestrator started.
+
+    Raises:
+        Exception: the pickling error, with a note on how to pass objects that only inherit.
+    """
+    try:
+        return pickle.dumps((initializer, tuple(initargs)), protocol=calls.PICKLE_PROTOCOL)
+    except Exception as exc:
+        exc.add_note(
+            "an executor made after its orchestrator started sends its initializer and initargs "
+            "pickled; to hand workers objects that pass only as a process starts (a "
+            "multiprocessing Queue, Lock or Value), make the executor before initialize(), as "
+            "ProcessPoolExecutor does"
+        )
+        raise
+
+
+def check_initializer(initializer: object) -> None:
+    """Raise TypeError unless ``initializer`` is callable."""
+    if not callable(initializer):
+        raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+
+
+def _result_or_cancel(future: TaskFuture[Any], timeout: float | None) -> Any:
+    try:
+        return future.result(timeout)
+    except BaseException:
+        future.cancel()
+        raise
+    finally:
+        del future  # a raised exception's traceback keeps this frame, which must not keep the future
 
 
 def _template(task_defaults: dict[str, Any]) -> TaskSpec:

@@ -14,11 +14,16 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from workers import protocol
+from workers.logs import cut_text
+
 LogFormat = Literal["text", "json"]
 
 # A task's (task_id, task_type, worker_pid), kept as a tuple until a record needs it.
 TaskRef = tuple[str, str, int | None]
 task_logger: Final = logging.getLogger("orchestrator.tasks")
+# Where the records that workers' code logs are re-emitted (each keeps its own logger's name).
+worker_record_logger: Final = logging.getLogger("orchestrator.task")
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -47,6 +52,8 @@ class JsonLogFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # a worker's record: its traceback came as text
+            entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str)
@@ -66,6 +73,23 @@ class TextLogFormatter(logging.Formatter):
         first, newline, rest = text.partition("\n")
         fields = " ".join(f"{key}={value}" for key, value in extras.items())
         return f"{first} [{fields}]{newline}{rest}"
+
+
+def reemit(msg: protocol.Log, task_type: str | None, worker_pid: int | None) -> None:
+    """A record a worker's code logged, handled by `worker_record_logger` with the worker's
+    logger name, level, message, traceback text and time, plus ``task_id``, ``task_type`` and
+    ``worker_pid`` attributes (``task_id`` None: logged outside a task)."""
+    if not worker_record_logger.isEnabledFor(msg.level):
+        return
+    record = logging.LogRecord(msg.logger[:200], msg.level, "(worker)", 0, cut_text(msg.message), None, None)
+    record.created = msg.created
+    record.msecs = (msg.created - int(msg.created)) * 1000
+    record.relativeCreated = (msg.created - logging._startTime) * 1000  # type: ignore[attr-defined]
+    record.exc_text = cut_text(msg.exc_text) or None
+    record.process = worker_pid
+    record.processName = "orchestrator-worker"
+    record.__dict__.update(task_id=msg.task_id, task_type=task_type, worker_pid=worker_pid)
+    worker_record_logger.handle(record)
 
 
 def enable_logging(log_format: LogFormat) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -14,6 +16,8 @@ from orchestrator.executor import TaskExecutor, TaskFuture
 T = TypeVar("T")
 
 _executors = itertools.count(1)
+# Executors not shut down yet, which an exit waits for.
+_open: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
 
 
 class ProcessPoolExecutor(Executor):
@@ -21,9 +25,12 @@ class ProcessPoolExecutor(Executor):
 
     ``max_workers`` (default ``os.cpu_count()``), ``mp_context`` (its start method is used),
     ``initializer`` and ``initargs``, and ``max_tasks_per_child`` mean what they mean in the
-    stdlib; any other keyword is an `OrchestratorConfig` field. The orchestrator is visible in
-    ``orch status`` and shuts down with the executor. See `TaskExecutor` for what differs from
-    the stdlib (cancel stops running calls, a crash fails one future, priorities and timeouts).
+    stdlib; any other keyword is an `OrchestratorConfig` field. As in the stdlib, each worker
+    gets ``initargs`` as it starts (so they may hold a multiprocessing Queue or Lock), and work
+    submitted finishes before the interpreter exits even without `shutdown`. The orchestrator
+    is visible in ``orch status`` and shuts down with the executor. See `TaskExecutor` for what
+    differs from the stdlib (cancel stops running calls, a crash fails one future, priorities
+    and timeouts).
 
     Raises:
         ValueError: ``max_workers`` or ``max_tasks_per_child`` below 1, or a bad ``mp_context``.
@@ -52,8 +59,10 @@ class ProcessPoolExecutor(Executor):
             config["start_method"] = _start_method(mp_context)
         config.setdefault("name", f"executor-{os.getpid()}-{next(_executors)}")
         self._orchestrator = ParallelOrchestrator(max_workers=max_workers, **config)
-        self._orchestrator.initialize()
+        # Made before the workers start, so each gets the initializer as it starts.
         self._executor = self._orchestrator.executor(initializer=initializer, initargs=initargs)
+        self._orchestrator.initialize()
+        _open.add(self)
 
     @property
     def orchestrator(self) -> ParallelOrchestrator:
@@ -82,11 +91,23 @@ class ProcessPoolExecutor(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As the stdlib's; then the executor's orchestrator shuts down too."""
+        _open.discard(self)
         self._executor.shutdown(wait, cancel_futures=cancel_futures)
         self._orchestrator.shutdown(wait=wait, cancel_pending=cancel_futures)
 
     def __reduce__(self) -> Any:
         raise TypeError("an executor cannot be pickled; pass the function and its arguments instead")
+
+
+def _finish_at_exit() -> None:
+    """As the stdlib's pool: what was submitted finishes before the interpreter exits."""
+    for executor in list(_open):
+        executor.shutdown(wait=True)
+
+
+# The hook the stdlib's pool uses: it runs before every atexit hook (the orchestrators' own, and
+# a user's that would submit after the pool is closed gets the stdlib's RuntimeError).
+threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
 
 
 def _start_method(mp_context: Any) -> str:

@@ -1,4 +1,5 @@
-"""Shared fixtures: orchestrators that are always shut down, and a leak check after each test."""
+"""Shared fixtures: the package's orchestrator fixtures with this suite's defaults, and a check
+that no test leaves a child process or a shared-memory block behind."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import psutil
 import pytest
 from hypothesis import settings
 
-from orchestrator import ParallelOrchestrator
+from orchestrator import OrchestratorConfig, ParallelOrchestrator
+from orchestrator.pytest_plugin import OrchestratorFactory
 from tests.helpers.tasks import HANDLERS
 
 # The fuzzing tests' example counts (tests that set their own keep them): "ci" by default, a few
@@ -78,20 +80,15 @@ def no_leaks() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_orch(no_leaks: None) -> Iterator[Callable[..., ParallelOrchestrator]]:
-    """Build initialized orchestrators with the test handlers; all are shut down afterwards."""
-    made: list[ParallelOrchestrator] = []
+def make_orch(orch_factory: OrchestratorFactory, no_leaks: None) -> Callable[..., ParallelOrchestrator]:
+    """The package's ``orch_factory`` with this suite's defaults: the test handlers and the
+    config's own defaults (a control socket, 5 workers, the name "default")."""
 
     def make(**overrides: Any) -> ParallelOrchestrator:
         overrides.setdefault("handlers", HANDLERS)
-        orch = ParallelOrchestrator(**overrides)
-        orch.initialize()
-        made.append(orch)
-        return orch
+        return orch_factory(OrchestratorConfig(**overrides))
 
-    yield make
-    for orch in made:
-        orch.shutdown(wait=True, cancel_pending=True, timeout=5.0)
+    return make
 
 
 class Release:

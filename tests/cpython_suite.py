@@ -18,11 +18,15 @@ import argparse
 import concurrent.futures
 import importlib
 import os
+import re
 import shutil
 import sys
 import tempfile
 import unittest
 from pathlib import Path
+from typing import Any, ClassVar
+
+from orchestrator import ProcessPoolExecutor
 
 DEFAULT = Path(
     f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}/test/test_concurrent_futures.py"
@@ -45,19 +49,42 @@ def main() -> int:
     shutil.copy(args.path, Path(folder) / f"{MODULE}.py")
     sys.path.insert(0, folder)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))
-    from orchestrator import ProcessPoolExecutor
-
-    concurrent.futures.ProcessPoolExecutor = ProcessPoolExecutor  # type: ignore[misc]
+    concurrent.futures.ProcessPoolExecutor = _Recorded  # type: ignore[misc]
     module = importlib.import_module(MODULE)
     module.setUpModule()
+    # Module clean-ups run last first: this one closes what failed tests left open before the
+    # module's own one stops the multiprocessing helpers (which waits for every worker to go).
+    unittest.addModuleCleanup(_close_recorded)
     failed = 0
     try:
         for method in METHODS:
             failed += _run(module, method, args.pattern)
     finally:
-        module.tearDownModule()
+        getattr(module, "tearDownModule", lambda: None)()
         shutil.rmtree(folder, ignore_errors=True)
     return 1 if failed else 0
+
+
+class _Recorded(ProcessPoolExecutor):
+    """The orchestrator's executor, remembered so that what a failed test left open is closed."""
+
+    made: ClassVar[list[ProcessPoolExecutor]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.made.append(self)
+
+
+# Tests that start another interpreter import the class by this name from concurrent.futures.
+_Recorded.__name__ = _Recorded.__qualname__ = "ProcessPoolExecutor"
+
+
+def _close_recorded() -> None:
+    """Shut down the executors of tests that failed on a private attribute before doing so:
+    their workers would keep the multiprocessing helpers (and the module's clean-up) waiting."""
+    for executor in _Recorded.made:
+        executor.shutdown(wait=True, cancel_futures=True)
+    _Recorded.made.clear()
 
 
 def _run(module: object, method: str, pattern: str | None) -> int:
@@ -67,21 +94,23 @@ def _run(module: object, method: str, pattern: str | None) -> int:
         if (
             isinstance(value, type)
             and issubclass(value, unittest.TestCase)
-            and name.startswith(f"ProcessPool{method}")
+            and re.match(f"ProcessPool{method}[A-Z]", name)
         ):
             for test in loader.loadTestsFromTestCase(value):
                 if pattern is None or pattern in test.id():
                     suite.addTest(test)
     result = unittest.TextTestRunner(stream=open(os.devnull, "w"), verbosity=0).run(suite)  # noqa: SIM115
+    _close_recorded()
     bad = len(result.failures) + len(result.errors)
     passed = result.testsRun - bad - len(result.skipped)
     print(
         f"{method.lower():<11} ran {result.testsRun}, passed {passed}, failed {len(result.failures)}, "
         f"errors {len(result.errors)}, skipped {len(result.skipped)}"
     )
+    verbose = bool(os.environ.get("CPYTHON_SUITE_VERBOSE"))
     for test, trace in [*result.failures, *result.errors]:
-        last = trace.strip().splitlines()[-1]
-        print(f"    {test.id().removeprefix(MODULE + '.')}: {last[:160]}")
+        last = trace if verbose else trace.strip().splitlines()[-1][:160]
+        print(f"    {test.id().removeprefix(MODULE + '.')}: {last}")
     return bad
 
 

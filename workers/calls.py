@@ -22,6 +22,9 @@ CALL_TYPE: Final = "call"
 CALL_HANDLER: Final = "workers.calls:run_call"
 PICKLE_PROTOCOL: Final = 5
 
+# An executor's initializer and its arguments.
+Initializer = tuple[Callable[..., Any], tuple[Any, ...]]
+
 
 class CallRaised(Exception):
     """What the ``call`` handler raises for its function: ``original`` is the exception, and
@@ -75,10 +78,11 @@ def pack_call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     out_of_band: int | None,
-    initializer: bytes | None = None,
+    initializer: bytes | str | None = None,
 ) -> dict[str, Any]:
     """The config of a ``call`` task that runs ``fn(*args, **kwargs)``; ``initializer`` is a
-    pickled ``(function, args)`` to run once in each worker before its first call."""
+    pickled ``(function, args)``, or the name of one the worker inherited (`inherit`), to run
+    once in each worker before its first call."""
     pickled, buffers = dumps((fn, args, kwargs), out_of_band)
     config: dict[str, Any] = {"call": pickled, "buffers": buffers, "out_of_band": out_of_band}
     if initializer is not None:
@@ -101,8 +105,16 @@ def pickled_exception(exc: BaseException) -> bytes:
             return pickle.dumps(RuntimeError(str(stand_in)), protocol=PICKLE_PROTOCOL)
 
 
-# The initializers this process ran, by their pickle: each runs once per worker process.
-_initialized: set[bytes] = set()
+# The initializers this process ran, by their pickle or name: each runs once per worker process.
+_initialized: set[bytes | str] = set()
+# Initializers handed to this process as it started, by name: their arguments may hold objects
+# (a multiprocessing Queue, Lock or Value) that pass to a child only then, never pickled later.
+_inherited: dict[str, Initializer] = {}
+
+
+def inherit(initializers: dict[str, Initializer]) -> None:
+    """Keep the initializers this worker process was started with (see `pack_call`)."""
+    _inherited.update(initializers)
 
 
 def run_call(ctx: TaskContext) -> dict[str, Any]:
@@ -127,17 +139,28 @@ def run_call(ctx: TaskContext) -> dict[str, Any]:
     return {"result": pickled, "buffers": buffers}
 
 
-def _initialize(initializer: bytes | None) -> None:
+def _initialize(initializer: bytes | str | None) -> None:
     if initializer is None or initializer in _initialized:
         return
     try:
-        function, args = pickle.loads(initializer)
+        function, args = _initializer_of(initializer)
         function(*args)
     except TaskCancelled:
         raise
     except BaseException as exc:
         raise InitializerFailed(exc, pickled_exception(exc)) from exc
     _initialized.add(initializer)
+
+
+def _initializer_of(initializer: bytes | str) -> Initializer:
+    """A pickled initializer, or the one this worker inherited under that name."""
+    if isinstance(initializer, bytes):
+        return pickle.loads(initializer)  # type: ignore[no-any-return]
+    try:
+        return _inherited[initializer]
+    except KeyError:
+        why = f"this worker was started without the executor's initializer {initializer!r}"
+        raise RuntimeError(why) from None
 
 
 def run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:

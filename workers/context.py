@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -81,6 +82,14 @@ class TaskContext:
     def emit(self, data: Any) -> None:
         """Stream a partial result to the host (event ``task_partial``); raise if not msgpack-able."""
         self._send(protocol.TaskPartial(self.task_id, self._pack(data)))
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger for this task (``task.<type>``). Any logger works in a handler: each record
+        at ``worker_log_level`` or above reaches the host's ``orchestrator.task`` logger with the
+        task's id; this one also carries ``task_id`` and ``task_type`` inside the worker."""
+        extra = {"task_id": self.task_id, "task_type": self.type}
+        return logging.LoggerAdapter(logging.getLogger(f"task.{self.type}"), extra)
 
     @property
     def cancelled(self) -> bool:

@@ -26,7 +26,7 @@ from workers.payload import check_payload as check_payload
 from workers.payload import pack_payload as pack_payload
 from workers.payload import unpack_payload as unpack_payload
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 
 
 @dataclass(slots=True)
@@ -245,6 +245,20 @@ class Usage:
     cpu: float
 
 
+@dataclass(slots=True)
+class Log:
+    """Worker -> host: a `logging` record emitted in the worker, formatted there; ``task_id`` is
+    the task it ran in (None outside a task), ``created`` its time (epoch seconds)."""
+
+    TAG: ClassVar[int] = 22
+    task_id: str | None
+    logger: str
+    level: int
+    message: str
+    exc_text: str
+    created: float
+
+
 Message = (
     RunTask
     | StopTask
@@ -265,6 +279,7 @@ Message = (
     | Received
     | Measure
     | Usage
+    | Log
 )
 
 _CLASSES: Final[dict[int, type[Any]]] = {
@@ -289,6 +304,7 @@ _CLASSES: Final[dict[int, type[Any]]] = {
         Received,
         Measure,
         Usage,
+        Log,
     )
 }
 _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
@@ -332,7 +348,7 @@ _WIRE_TYPES: Final[dict[str, tuple[type[Any], ...]]] = {
 # Fields that count, measure or number something: never negative.
 _NON_NEGATIVE: Final = frozenset(
     {"worker_id", "pid", "version", "attempt", "seq", "call_id", "sub_id", "message_id", "rss", "cpu"}
-    | {"retry_after", "completed", "total"}
+    | {"retry_after", "completed", "total", "level", "created"}
 )
 # The failures a worker may report for a task; the rest (crash, memory kill...) only the host decides.
 WORKER_FAILURE_KINDS: Final = frozenset(

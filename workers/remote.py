@@ -38,10 +38,10 @@ def main(argv: list[str]) -> None:
         if not process_alive(int(dask_pid)):
             os._exit(0)  # the Dask worker died while this process waited to be used
     try:
-        worker_id, namespace = msgpack.unpackb(conn.recv_bytes())
+        worker_id, namespace, log_level = msgpack.unpackb(conn.recv_bytes())
     except (EOFError, OSError):
         os._exit(0)  # the host went away, or shut down, before using this process
-    worker_main(conn, worker_id, int(dask_pid), [], None, namespace, address)
+    worker_main(conn, worker_id, int(dask_pid), [], None, namespace, address, log_level=log_level)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ from multiprocessing.connection import Connection
 from typing import Any, Final
 
 from workers import protocol
-from workers.calls import CallRaised
+from workers.calls import CallRaised, Initializer, inherit
 from workers.context import TaskContext, current_task
 from workers.errors import stop_exception
 from workers.failures import classify, failure, init_failure, over_cap
 from workers.host_link import RemoteTasks, TaskPipe, exit_orphaned, process_alive, read_messages
+from workers.logs import LogForwarder, forward_logs
 from workers.memcap import cap_memory
 from workers.messaging import Link
 from workers.registry import resolve_handler
@@ -63,6 +64,8 @@ def worker_main(
     node: str | None = None,
     task_conn: Connection | None = None,
     max_memory_mb: float | None = None,
+    initializers: dict[str, Initializer] | None = None,
+    log_level: str | None = None,
 ) -> None:
     """Entry point of a worker process: serve tasks from the host until told to stop.
 
@@ -79,11 +82,16 @@ def worker_main(
             they come on ``conn``).
         max_memory_mb: the host's memory limit of a worker, which the worker also enforces on
             itself (see `workers.memcap`).
+        initializers: executor initializers by name, handed over at start so that their
+            arguments may hold objects that pass only by inheritance (see `workers.calls.inherit`).
+        log_level: `logging` records at this level and above go to the host (None: none do).
     """
     for fd in inherited_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
     _renew_inherited_locks()
+    if initializers:
+        inherit(initializers)
     # A group of its own: the host ends the worker and whatever its handlers started with one
     # signal (a child that left the group, or a double-forked daemon, escapes by design).
     with contextlib.suppress(OSError):
@@ -91,7 +99,10 @@ def worker_main(
     blocks = BlockWriter(block_prefix(block_namespace, worker_id), shm_threshold) if shm_threshold else None
     # The blocks the host may name to this worker: its orchestrator's, and only with shared memory on.
     accepted = block_prefix(block_namespace)[:-2] if shm_threshold else None
-    _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, accepted, node, max_memory_mb).serve()
+    runtime = _WorkerRuntime(conn, task_conn, worker_id, host_pid, blocks, accepted, node, max_memory_mb)
+    if log_level is not None:
+        runtime.logs = forward_logs(runtime._send, log_level)
+    runtime.serve()
 
 
 def _renew_inherited_locks() -> None:
@@ -138,6 +149,7 @@ class _WorkerRuntime:
         else:
             self._tasks = TaskPipe(task_conn)
         self._send_lock = threading.Lock()
+        self.logs: LogForwarder | None = None
         # Guards what the reader thread and the main thread hand each other: which tasks run,
         # stop requests for tasks not yet started, and which tasks were taken or given back.
         self._lock = threading.Lock()
@@ -302,6 +314,8 @@ class _WorkerRuntime:
         return ctx, handler
 
     def _finished(self, ctx: TaskContext) -> None:
+        if self.logs is not None:
+            self.logs.task_ended(ctx.task_id)  # what a flood cost is told before the result
         self._link.end_task(ctx.task_id)
         with self._lock:
             self._running.pop(ctx.task_id, None)

@@ -333,7 +333,8 @@ class DaskPool:
                     self._request_process(task_type)
                 return None
         try:
-            arrival.conn.send_bytes(msgpack.packb([worker_id, self._block_namespace]))
+            welcome = [worker_id, self._block_namespace, self._config.worker_log_level]
+            arrival.conn.send_bytes(msgpack.packb(welcome))
         except OSError:
             arrival.conn.close()
             return None

@@ -25,6 +25,7 @@ from orchestrator.backends.base import WorkerHandle
 from orchestrator.config import StartMethod
 from orchestrator.errors import OrchestratorError
 from orchestrator.limits import kill_process_tree
+from workers.calls import Initializer
 from workers.runtime import worker_main
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,13 @@ class WorkerPool:
         block_namespace: str,
         private_fds: tuple[int, ...] = (),
         max_memory_mb: float | None = None,
+        initializers: dict[str, Initializer] | None = None,
+        log_level: str | None = None,
     ) -> None:
         check_not_reimported_main()
+        # Executor initializers every worker gets as it starts (see `workers.calls.inherit`).
+        self._initializers = initializers or {}
+        self._log_level = log_level
         self._max_memory_mb = max_memory_mb
         self._start_method = start_method
         self._shm_threshold = shm_threshold
@@ -85,7 +91,12 @@ class WorkerPool:
         process = self._context.Process(
             target=worker_main,
             args=(worker_end, worker_id, os.getpid(), inherited, self._shm_threshold, self._block_namespace),
-            kwargs={"task_conn": task_reader, "max_memory_mb": self._max_memory_mb},
+            kwargs={
+                "task_conn": task_reader,
+                "max_memory_mb": self._max_memory_mb,
+                "initializers": self._initializers,
+                "log_level": self._log_level,
+            },
             name=f"orch-worker-{worker_id}",
         )
         process.start()

@@ -276,6 +276,9 @@ class Lifecycle:
             self._capacity.succeeded(record.spec.type)
         # Announced before its dependants hear of it, so that a cause's event comes before its effects'.
         self._announce.final(record, result)
+        # Told for the last time: a kept record must not keep the caller's closures alive (an
+        # executor's future, and through it the function's value).
+        record.on_progress = record.on_complete = record.on_error = record.on_start = None
         self._release_dependants(record)
         for dep_id in record.dep_ids:
             dependency = self._tasks.get(dep_id)

@@ -7,6 +7,7 @@ from collections import deque
 from typing import Final
 
 from orchestrator.backends.base import WorkerHandle, exit_reason_of
+from orchestrator.logs import reemit
 from orchestrator.models import Progress, TaskStatus, assemble
 from orchestrator.supervisor.announce import Announcer
 from orchestrator.supervisor.capacity import Capacity
@@ -125,6 +126,11 @@ class Reports:
         record.raised = msg.detail
         lifecycle = self._lifecycle
         lifecycle.fail(record, msg.kind, msg.message, msg.traceback, msg.exception_type, msg.retry_after)
+
+    def on_log(self, worker: WorkerHandle, msg: protocol.Log) -> None:
+        """A record the worker's code logged: through the host's logging, with its task."""
+        record = self._tasks.get(msg.task_id) if msg.task_id is not None else None
+        reemit(msg, record.spec.type if record is not None else None, worker.pid)
 
     def on_usage(self, worker: WorkerHandle, msg: protocol.Usage) -> None:
         """A remote worker measured its own memory and CPU time."""

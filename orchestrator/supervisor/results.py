@@ -22,6 +22,7 @@ from orchestrator.scheduler import Timer, Timers
 from orchestrator.supervisor.graph import Collection, TaskGraph, status_counts
 from orchestrator.supervisor.journaling import JournalLink
 from orchestrator.supervisor.record import TaskRecord
+from workers.calls import CALL_TYPE
 
 # Finish times kept for the tasks-per-second figure of `orch status` (a minute at 3,000/s).
 THROUGHPUT_SAMPLES: Final = 200_000
@@ -55,7 +56,8 @@ class Results:
         """Give the task its final result, journal it, and tell its waiters and watchers."""
         self._recent.append(time.monotonic())
         record.status = result.status
-        record.result = result
+        # A function's value belongs to its future alone, freed with it as the stdlib's is.
+        record.result = result.model_copy(update={"data": None}) if record.spec.type == CALL_TYPE else result
         journal = self._journaling.of(record)
         if journal is not None:
             journal.finished(record.task_id, result.status.value, record.attempts, journal_result(result))

@@ -186,6 +186,7 @@ class Supervisor:
             protocol.Waiting: self._on_waiting,
             protocol.Received: self._conversation.on_received,
             protocol.Usage: reports.on_usage,
+            protocol.Log: reports.on_log,
         }
 
     # ----------------------------------------------------------------- commands (any thread)

@@ -158,3 +158,26 @@ class FailsWhenPickled:
 
 def return_unpicklable_exiting() -> Any:
     return FailsWhenPickled()
+
+
+def put_pid_on(queue: Any) -> None:
+    """An initializer whose argument (a multiprocessing Queue) passes only by inheritance."""
+    global inherited_queue
+    inherited_queue = queue
+    queue.put(os.getpid())
+
+
+def put_on_inherited_queue(value: Any) -> int:
+    inherited_queue.put(value)
+    return os.getpid()
+
+
+class Payload:
+    """A result whose lifetime a test follows with a weak reference."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def payload(n: int) -> Payload:
+    return Payload(n)

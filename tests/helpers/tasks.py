@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import threading
@@ -50,6 +51,9 @@ HANDLERS = {
         "raise_named",
         "with_child",
         "allocate_fast",
+        "log_some",
+        "log_flood",
+        "log_badly",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -358,3 +362,44 @@ def ticker(ctx: TaskContext) -> Any:
             log.write("tick\n")
         time.sleep(0.01)
     return "done"
+
+
+def log_some(ctx: TaskContext) -> str:
+    """Logs at three levels, one with a traceback, on a logger of its own and on ``ctx.logger``."""
+    log = logging.getLogger("mypkg.summarize")
+    log.debug("below the forwarded level")
+    log.info("reading %d sources", 3)
+    log.warning("source %s is slow", "b")
+    try:
+        raise KeyError("source c")
+    except KeyError:
+        log.exception("source c failed")
+    ctx.logger.info("through the context")
+    return "logged"
+
+
+def log_flood(ctx: TaskContext) -> int:
+    """Logs ``config["records"]`` records as fast as it can."""
+    log = logging.getLogger("mypkg.flood")
+    for index in range(ctx.config["records"]):
+        log.info("record %d", index)
+    return int(ctx.config["records"])
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this")
+
+
+def log_badly(ctx: TaskContext) -> str:
+    """Logs records whose message cannot be formatted; the task still ends well."""
+    log = logging.getLogger("mypkg.bad")
+    log.warning("%d items", "not a number")
+    log.warning("value %s", _Unprintable())
+    log.warning("too few %s %s", "arguments")
+    return "survived"
+
+
+def init_that_logs() -> None:
+    """A worker initializer that logs, outside any task."""
+    logging.getLogger("mypkg.setup").warning("model loaded in pid %d", os.getpid())

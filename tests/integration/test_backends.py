@@ -18,17 +18,26 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy
 import psutil
 import pytest
 
-from orchestrator import OrchestratorError, ParallelOrchestrator, TaskStatus, UnknownTaskTypeError
+from orchestrator import (
+    OrchestratorError,
+    ParallelOrchestrator,
+    TaskStatus,
+    UnknownTaskTypeError,
+    WorkerCrashedError,
+)
 from orchestrator.config import BUILTIN_HANDLERS
 from tests import conftest
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
+from tests.helpers import functions
 from tests.helpers.metrics import labels_of, scrape, value
 from tests.helpers.tasks import HANDLERS
+from workers.calls import CALL_TYPE
 
-TYPES = sorted({*HANDLERS, *BUILTIN_HANDLERS})
+TYPES = sorted({*HANDLERS, *BUILTIN_HANDLERS, CALL_TYPE})
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -502,3 +511,33 @@ def test_fuzzed_messages_from_dask_nodes_never_end_the_supervisor(make_orch, das
 
     lie()
     assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+
+
+def test_functions_run_as_calls_on_both_backends(backend) -> None:
+    orch = backend()
+    executor = orch.executor(initializer=functions.remember_init, initargs=("model",))
+    assert executor.submit(functions.square, 7).result(DEADLOCK_TIMEOUT) == 49
+    assert list(executor.map(functions.add, range(10), range(10), chunksize=3)) == list(range(0, 20, 2))
+    assert executor.submit(functions.initialized).result(DEADLOCK_TIMEOUT) == ("model",)
+    with pytest.raises(ValueError, match="no such file"):
+        executor.submit(functions.raise_value_error, "no such file").result(DEADLOCK_TIMEOUT)
+    with pytest.raises(WorkerCrashedError):
+        executor.submit(functions.exit_hard, 3).result(DEADLOCK_TIMEOUT)
+    doubled = executor.submit(functions.double_in_place, numpy.arange(300_000)).result(DEADLOCK_TIMEOUT)
+    assert doubled[-1] == 2 * 299_999
+    executor.shutdown()
+
+
+def test_handler_logs_reach_the_host_on_both_backends(backend, caplog: pytest.LogCaptureFixture) -> None:
+    orch = backend()
+    task_id = orch.submit_task({"type": "log_some"})
+    result = orch.wait(task_id, DEADLOCK_TIMEOUT)
+    records = [r for r in caplog.records if r.pathname == "(worker)" and r.__dict__.get("task_id") == task_id]
+    assert [(r.name, r.levelname) for r in records] == [
+        ("mypkg.summarize", "INFO"),
+        ("mypkg.summarize", "WARNING"),
+        ("mypkg.summarize", "ERROR"),
+        ("task.log_some", "INFO"),
+    ]
+    assert {r.worker_pid for r in records} == {result.worker_pid}
+    assert "KeyError: 'source c'" in (records[2].exc_text or "")

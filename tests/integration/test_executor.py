@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
+import multiprocessing
+import os
 import pickle
 import sqlite3
+import subprocess
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,6 @@ from orchestrator import (
     WorkerCrashedError,
     WorkerInitError,
 )
-from orchestrator.executor import RemoteTraceback
 from tests.conftest import DEADLOCK_TIMEOUT
 from tests.helpers import functions
 
@@ -73,7 +78,7 @@ def test_the_functions_own_exception_comes_back_with_the_worker_traceback(
     with pytest.raises(ValueError, match="no such file") as caught:
         future.result(DEADLOCK_TIMEOUT)
     cause = caught.value.__cause__
-    assert isinstance(cause, RemoteTraceback)
+    assert type(cause) is _RemoteTraceback  # the stdlib's own class
     assert "raise_value_error" in str(cause)
     assert "ValueError: no such file" in str(cause)
     assert executor.orchestrator.get_result(future.task_id or "").error.exception_type == "ValueError"  # type: ignore[union-attr]
@@ -304,6 +309,95 @@ def test_a_failing_initializer_breaks_the_executor(no_leaks: None) -> None:
             pool.submit(functions.square, 1)
 
 
+INHERITED_QUEUE_SCRIPT = """
+import multiprocessing, sys
+from orchestrator import ProcessPoolExecutor
+from tests.helpers.functions import put_on_inherited_queue, put_pid_on
+if __name__ == "__main__":
+    context = multiprocessing.get_context(sys.argv[1])
+    queue = context.Queue()
+    with ProcessPoolExecutor(1, context, put_pid_on, (queue,)) as pool:
+        worker = pool.submit(put_on_inherited_queue, "hello").result(30)
+    print(queue.get(timeout=30) == worker, queue.get(timeout=30))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_initargs_may_hold_objects_that_pass_only_by_inheritance(
+    method: str, tmp_path: Path, no_leaks: None
+) -> None:
+    # In a process of its own, as a user's script: the queue's semaphores start the resource
+    # tracker, which lives as long as the interpreter that made them.
+    assert _run_script(tmp_path, INHERITED_QUEUE_SCRIPT, method) == "True hello"
+
+
+def test_an_executor_made_after_start_says_how_to_pass_inherited_objects(
+    make_orch: Callable[..., ParallelOrchestrator],
+) -> None:
+    orch = make_orch(max_workers=1)
+    lock = multiprocessing.get_context("fork").Lock()
+    with pytest.raises(RuntimeError, match="inheritance") as caught:
+        orch.executor(initializer=functions.put_pid_on, initargs=(lock,))
+    assert "before initialize()" in "".join(caught.value.__notes__)
+    with pytest.raises(TypeError, match="initializer must be callable"):
+        orch.executor(initializer=3)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- memory and exit
+
+
+def test_values_taken_from_map_are_not_kept_by_the_orchestrator(no_leaks: None) -> None:
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        orch = pool.orchestrator
+        values = [weakref.ref(value) for value in pool.map(functions.payload, range(5))]
+    gc.collect()
+    assert [value() for value in values] == [None] * 5
+    assert orch.get_status().completed == 5  # while the records (and get_result) stay
+
+
+EXIT_SCRIPT = """
+import atexit
+from orchestrator import ProcessPoolExecutor
+from tests.helpers.functions import square
+
+@atexit.register
+def submit_too_late():
+    try:
+        pool.submit(square, 1)
+    except RuntimeError as exc:
+        print(exc)
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1)
+    pool.submit(square, 7).add_done_callback(lambda f: print(f.result(), flush=True))
+"""
+
+
+def test_work_submitted_finishes_before_the_interpreter_exits(tmp_path: Path, no_leaks: None) -> None:
+    # As the stdlib's: the pending call runs, and a submit from a later exit hook is refused.
+    assert _run_script(tmp_path, EXIT_SCRIPT).splitlines() == [
+        "49",
+        "cannot schedule new futures after shutdown",
+    ]
+
+
+def _run_script(folder: Path, source: str, *args: str) -> str:
+    """What a script run by a fresh interpreter printed (it must exit cleanly)."""
+    script = folder / "script.py"
+    script.write_text(source)
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=DEADLOCK_TIMEOUT,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 # ----------------------------------------------------------------- an executor over an orchestrator
 
 
@@ -333,7 +427,7 @@ def test_executor_tasks_are_tasks_with_a_name_and_no_journal_row(
     assert future.result(DEADLOCK_TIMEOUT) == 9
     result = orch.wait(future.task_id or "", DEADLOCK_TIMEOUT)
     assert result.success
-    assert result.data == 9
+    assert result.data is None  # the value is the future's alone
     summaries = orch._lookup.summaries(None, "call", 10)
     assert summaries[0]["description"] == "tests.helpers.functions.square"
     orch.shutdown()
