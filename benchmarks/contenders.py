@@ -8,6 +8,7 @@ handle and ``wait(handle)`` returning the task's value. Kinds: ``noop``, ``cpu``
 from __future__ import annotations
 
 import multiprocessing
+import os
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Self
@@ -65,9 +66,13 @@ class Contender(ABC):
 
         helpers = ("resource_tracker", "forkserver", "semaphore_tracker")
         pids = []
+        me = os.getpid()
         for child in psutil.Process().children(recursive=True):
             try:
-                if not any(helper in " ".join(child.cmdline()) for helper in helpers):
+                # A fork server's children share its command line: only the helpers themselves
+                # (this process's own children) are left out.
+                helper = any(helper in " ".join(child.cmdline()) for helper in helpers)
+                if not (helper and child.ppid() == me):
                     pids.append(child.pid)
             except psutil.Error:
                 continue

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.contenders import ALL, EXECUTORS, HANDLERS, PPE, Contender, Orchestrator, import_all
+from benchmarks.host_impact import host_impact
 
 MIB = 2**20
 Measure = Callable[[type[Contender], argparse.Namespace], dict[str, float]]
@@ -125,6 +126,7 @@ def memory(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
     import psutil
 
     with kind(args.workers, args.start_method) as pool:
+        warm_up(pool, "echo", b"")  # pools that start workers on demand (forkserver, spawn) have some
         time.sleep(0.2)
         infos = [psutil.Process(pid).memory_full_info() for pid in pool.worker_pids()]
         figures = {
@@ -178,6 +180,7 @@ BENCHMARKS: dict[str, Measure] = {
     "memory": memory,
     "scale": scale,
     "executor": executor,
+    "host_impact": host_impact,
 }
 # Who runs each benchmark (all contenders unless named here).
 CONTENDERS: dict[str, list[type[Contender]]] = {"executor": EXECUTORS}
