@@ -138,21 +138,14 @@ class Admission:
         self._admit([record])
         return record
 
-    def submit_call(
-        self,
-        spec: TaskSpec,
-        callbacks: Callbacks,
-        on_start: Callable[[], None],
-        bind: Callable[[TaskRecord], None],
-    ) -> None:
-        """Queue an executor's task (type ``call``, a validated spec): never journaled, and told
-        when it starts as well. ``bind`` gets its record before it is queued (so before any of
-        its callbacks run): the caller's future reads what the call raised there."""
+    def submit_call(self, spec: TaskSpec, callbacks: Callbacks, bind: Callable[[TaskRecord], None]) -> None:
+        """Queue an executor's task (type ``call``, a validated spec), never journaled. ``bind``
+        gets its record before it is queued (so before any of its callbacks run): the caller's
+        future reads what the call raised there, and sets the record's supervisor-thread hooks."""
         self._check_offered(CALL_TYPE)
         record = self.new_record(spec, CALL_HANDLER)
         record.journaled = False
         record.on_progress, record.on_complete, record.on_error = callbacks
-        record.on_start = on_start
         bind(record)
         self._enqueue([record])
 

@@ -97,6 +97,23 @@ class TaskFuture(Future[T]):
     def _on_progress(self, progress: Progress) -> None:
         self.progress = progress
 
+    def _finish_inline(self, value: Any) -> bool:
+        """Take a completed call's value on the supervisor's thread, which must run no user code:
+        False (then `_on_final` gets it on the event thread) when done-callbacks are waiting."""
+        with self._condition:
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED):
+                return True  # cancelled meanwhile: the cancel stands, its callbacks have run
+            if self._done_callbacks:  # type: ignore[attr-defined]
+                return False
+            self._record = None
+            # What Future.set_result does, less the callbacks (there are none).
+            self._result = value
+            self._state = FINISHED
+            for waiter in self._waiters:
+                waiter.add_result(self)
+            self._condition.notify_all()
+        return True
+
     def _on_final(self, result: TaskResult) -> None:
         """The task's final result (on the event thread): the future's outcome, unless it has one."""
         record, self._record = self._record, None
@@ -144,16 +161,10 @@ class CallPort:
         self._supervisor = supervisor
         self.config = admission.config
 
-    def submit(
-        self,
-        spec: TaskSpec,
-        callbacks: Callbacks,
-        on_start: Callable[[], None],
-        bind: Callable[[TaskRecord], None],
-    ) -> None:
+    def submit(self, spec: TaskSpec, callbacks: Callbacks, bind: Callable[[TaskRecord], None]) -> None:
         """Queue a call (starting the orchestrator if it is not yet); see `Admission.submit_call`."""
         self._supervisor()
-        self._admission.submit_call(spec, callbacks, on_start, bind)
+        self._admission.submit_call(spec, callbacks, bind)
 
     def cancel(self, record: TaskRecord) -> None:
         """Cancel the call's task without waiting for the supervisor (a future was cancelled)."""
@@ -303,6 +314,8 @@ class TaskExecutor(Executor):
 
         def bind(record: TaskRecord) -> None:
             future._bind(record, self._port.cancel)
+            record.on_start = future._on_start
+            record.take_success = self._taker_of(future)
 
         with shared.lock:
             shared.futures.add(future)  # before its final callback can run
@@ -310,7 +323,7 @@ class TaskExecutor(Executor):
         try:
             while True:
                 try:
-                    self._port.submit(spec, callbacks, future._on_start, bind)
+                    self._port.submit(spec, callbacks, bind)
                     return
                 except QueueFullError:
                     with shared.room:
@@ -335,6 +348,19 @@ class TaskExecutor(Executor):
             future._on_final(result)
 
         return on_final
+
+    def _taker_of(self, future: TaskFuture[Any]) -> Callable[[Any], bool]:
+        shared = self._shared
+
+        def take_success(value: Any) -> bool:
+            if not future._finish_inline(value):
+                return False
+            with shared.lock:
+                shared.futures.discard(future)
+                shared.room.notify_all()
+            return True
+
+        return take_success
 
     def _break(self, result: TaskResult) -> None:
         """The initializer failed: as the stdlib's pool, the executor is broken for good."""

@@ -97,7 +97,7 @@ class Announcer:
             record.attempts,
         )
         if record.on_start is not None:
-            self._bus.post(record.task_id, record.on_start)
+            record.on_start()  # on this thread: a future turning running costs no hand-off
         self._event(
             "task_started",
             record,
@@ -175,6 +175,8 @@ class Announcer:
         name = _FINAL_EVENT[result.status]
         listeners = self._bus.listeners(name)
         callback = record.on_complete if result.success else record.on_error
+        if result.success and record.take_success is not None and record.take_success(result.data):
+            callback = None  # an executor's future took its value here: no hand-off to the event thread
         if listeners or callback is not None:
             about = (record.task_id, record.spec.type, record.worker_pid)
             self._bus.post(record.task_id, _deliver_final, callback, listeners, name, result, about)

@@ -279,6 +279,7 @@ class Lifecycle:
         # Told for the last time: a kept record must not keep the caller's closures alive (an
         # executor's future, and through it the function's value).
         record.on_progress = record.on_complete = record.on_error = record.on_start = None
+        record.take_success = None
         self._release_dependants(record)
         for dep_id in record.dep_ids:
             dependency = self._tasks.get(dep_id)

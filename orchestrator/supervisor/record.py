@@ -67,8 +67,12 @@ class TaskRecord:
     # When it last entered the ready queue (monotonic): the start of its queue wait.
     ready_at: float = 0.0
     waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
-    # Told on the event thread when an attempt starts (an executor's future turns running).
+    # Told on the supervisor's thread when an attempt starts (an executor's future turns running):
+    # it must be quick and run no user code.
     on_start: Callable[[], None] | None = None
+    # Told on the supervisor's thread with a completed task's data before its on_complete is
+    # posted: True when it took the value itself (running no user code), and then it is not.
+    take_success: Callable[[Any], bool] | None = None
     # False for an executor's task: its config and result are pickles, which the journal never holds.
     journaled: bool = True
     # An executor task's last exception, pickled by its worker (see `workers.calls`).

@@ -11,6 +11,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -69,6 +70,23 @@ def test_futures_work_with_wait_and_as_completed(executor: ProcessPoolExecutor) 
     assert len(done) == 8
     finished = concurrent.futures.as_completed(futures, timeout=DEADLOCK_TIMEOUT)
     assert sorted(f.result() for f in finished) == [x * x for x in range(8)]
+
+
+def test_done_callbacks_run_on_the_event_thread_never_the_supervisors(
+    executor: ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    seen: list[str] = []
+    called = threading.Event()
+    with_callback = executor.submit(functions.wait_for_file, str(release))
+    with_callback.add_done_callback(lambda f: (seen.append(threading.current_thread().name), called.set()))
+    without = executor.submit(functions.wait_for_file, str(release))
+    concurrently = concurrent.futures.as_completed([without], timeout=DEADLOCK_TIMEOUT)
+    release.touch()
+    assert next(concurrently).result() > 0  # taken on the supervisor's thread: no callback to run
+    assert with_callback.result(DEADLOCK_TIMEOUT) > 0
+    assert called.wait(DEADLOCK_TIMEOUT)
+    assert seen[0].startswith("orch-events")
 
 
 def test_the_functions_own_exception_comes_back_with_the_worker_traceback(
