@@ -81,6 +81,7 @@ class Contender(ABC):
 
 class Orchestrator(Contender):
     name = "parallel-orchestrator"
+    options: dict[str, Any] = {}  # noqa: RUF012 - read only
 
     def start(self) -> None:
         from orchestrator import ParallelOrchestrator
@@ -93,6 +94,7 @@ class Orchestrator(Contender):
             start_method=self.method,
             handlers=HANDLERS,
             control_socket=False,
+            **self.options,
         )
         self.orch.initialize()
 
@@ -209,6 +211,13 @@ class Pebble(Contender):
 
     def map(self, kind: str, args: list[Any], chunksize: int) -> list[Any]:
         return list(self.pool.map(PLAIN[kind], args, chunksize=chunksize).result())
+
+
+class OrchestratorViews(Orchestrator):
+    """The orchestrator handing large results out as views of their shared memory."""
+
+    name = "orchestrator, views"
+    options = {"result_buffers": "view"}  # noqa: RUF012 - read only
 
 
 ALL: list[type[Contender]] = [Orchestrator, PPE, MPPool, Loky, Pebble]

@@ -17,7 +17,16 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.contenders import ALL, EXECUTORS, HANDLERS, PPE, Contender, Orchestrator, import_all
+from benchmarks.contenders import (
+    ALL,
+    EXECUTORS,
+    HANDLERS,
+    PPE,
+    Contender,
+    Orchestrator,
+    OrchestratorViews,
+    import_all,
+)
 from benchmarks.host_impact import host_impact
 
 MIB = 2**20
@@ -183,7 +192,7 @@ BENCHMARKS: dict[str, Measure] = {
     "host_impact": host_impact,
 }
 # Who runs each benchmark (all contenders unless named here).
-CONTENDERS: dict[str, list[type[Contender]]] = {"executor": EXECUTORS}
+CONTENDERS: dict[str, list[type[Contender]]] = {"executor": EXECUTORS, "payloads": [*ALL, OrchestratorViews]}
 Results = dict[str, dict[str, dict[str, list[float]]]]  # benchmark -> figure -> contender -> values
 
 

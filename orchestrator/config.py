@@ -105,6 +105,11 @@ class OrchestratorConfig(_Checked):
     shm_threshold: int | None = Field(
         65536, ge=1, strict=True, description="bytes from which a buffer travels in shared memory"
     )
+    result_buffers: Literal["bytes", "view"] = Field(
+        "bytes",
+        description="large buffers in results and partials: copied into bytes/arrays, or handed "
+        "out as read-only views of their shared memory, valid as long as they are held",
+    )
     prefetch: int = Field(
         1, ge=0, strict=True, description="tasks queued in a busy worker ahead of its running one"
     )

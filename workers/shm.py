@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import mmap
 import os
 import re
 import sys
@@ -162,6 +163,24 @@ def _copy_out(name: str, size: int, code: int, extra: list[Any]) -> Any:
         os.close(fd)
 
 
+def _map_out(name: str, size: int, code: int, extra: list[Any]) -> Any:
+    """A block's content as a read-only view of a private mapping of it: no copy, and no page
+    touched until the caller reads it. The mapping goes when the last view of it does."""
+    try:
+        fd = _open_block_file(name, os.O_RDONLY)
+    except FileNotFoundError:
+        if os.path.isdir(SHM_DIRECTORY):
+            raise
+        return _copy_out(name, size, code, extra)  # no /dev/shm to map by file
+    try:
+        if os.fstat(fd).st_size < size:
+            raise ValueError("a shared-memory block is shorter than its reference says")
+        view = memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)) if size else memoryview(b"")
+    finally:
+        os.close(fd)
+    return _as_array(view, extra, copy=False) if code == ARRAY_BLOCK else view
+
+
 def _check_read(count: int) -> int:
     if count == 0:
         raise ValueError("a shared-memory block is shorter than its reference says")
@@ -172,8 +191,10 @@ class BlockReader:
     """Unpacks values whose large buffers live in blocks.
 
     ``copy=True`` (the host): each block is copied out and unlinked at once (unless ``unlink`` is
-    False: a worker copying a delivered message out of a block the host owns). ``copy=False``
-    (a worker): each block is mapped read-only and kept open until `close`.
+    False: a worker copying a delivered message out of a block the host owns); with ``views``,
+    it is mapped read-only instead and handed out as a read-only memoryview (or array) over the
+    mapping, which lasts as long as the value does, its name unlinked at once all the same.
+    ``copy=False`` (a worker): each block is mapped read-only and kept open until `close`.
 
     A reference names a block, and the peer that sent it may lie: only names that start with
     ``accept`` (one orchestrator's prefix, see `block_prefix`) and hold nothing but letters, digits
@@ -181,8 +202,9 @@ class BlockReader:
     remote peer, or shared memory off). A refused reference fails the unpack with `ValueError`.
     """
 
-    def __init__(self, copy: bool, accept: str | None, unlink: bool = True) -> None:
+    def __init__(self, copy: bool, accept: str | None, unlink: bool = True, views: bool = False) -> None:
         self._copy = copy
+        self._views_out = views
         self._accept = accept
         self._unlink = unlink
         self._open: list[shared_memory.SharedMemory] = []
@@ -224,7 +246,9 @@ class BlockReader:
             (code, *fields), unlink = fields, False
         name, size, *extra = _checked_reference(code, fields, self._accept)
         if self._copy:
-            value = _copy_out(name, size, code, extra)
+            value = (
+                _map_out(name, size, code, extra) if self._views_out else _copy_out(name, size, code, extra)
+            )
             if unlink:
                 unlink_block(name)
             return value

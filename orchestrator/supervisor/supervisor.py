@@ -83,7 +83,7 @@ class Supervisor:
         self._announce = Announcer(bus, metrics, config.log_tasks)
         # Blocks come only from this orchestrator's own processes (shared memory is off on Dask).
         accepted = block_prefix(pool.block_namespace)[:-2] if blocks is not None else None
-        block_reader = BlockReader(copy=True, accept=accepted)
+        block_reader = BlockReader(copy=True, accept=accepted, views=config.result_buffers == "view")
         self._build_task_state(queue_slots, blocks, block_reader, admit_child)
         self._build_around_it(queue_slots, blocks, block_reader, admit)
         pool.on_arrival = self._wake

@@ -150,3 +150,48 @@ def test_blocks_work_through_their_mappings_where_they_have_no_file(monkeypatch)
         for name in made:
             unlink_block(name)
         _helper_lease.release()
+
+
+def test_results_as_views_are_read_only_mappings_and_leave_no_block(make_orch, recorder: Recorder) -> None:
+    numpy = pytest.importorskip("numpy")
+    orch = make_orch(result_buffers="view")
+    orch.on("task_partial", recorder)
+    result = orch.wait(
+        orch.submit_task({"type": "payload", "config": {"blob": b"x" * MIB, "size": MIB}}), DEADLOCK_TIMEOUT
+    )
+    back = result.data["back"]
+    assert isinstance(back, memoryview)
+    assert back.readonly
+    assert back == b"\x07" * MIB
+    with pytest.raises(TypeError):
+        back[0] = 1
+    recorder.wait_for(lambda events: len(events) == 1)
+    assert recorder.events[0].data["partial"] == bytes(MIB)
+    array = numpy.arange(100_000, dtype=numpy.float64)
+    doubled = orch.wait(
+        orch.submit_task({"type": "array_payload", "config": {"array": array}}), DEADLOCK_TIMEOUT
+    ).data["doubled"]
+    assert not doubled.flags.writeable
+    assert numpy.array_equal(doubled, array * 2)
+    assert our_blocks() == [], "a view's block is unlinked at once: only the mapping stays"
+    small = orch.wait(orch.submit_task({"type": "payload", "config": {"size": 10}}), DEADLOCK_TIMEOUT)
+    assert small.data["back"] == b"\x07" * 10  # below the threshold: plain bytes as ever
+
+
+def test_a_block_shorter_than_its_reference_is_refused_not_mapped() -> None:
+    _helper_lease.acquire()
+    try:
+        writer = BlockWriter(f"orch_{os.getpid()}short_h_", 1024)
+        created: list[str] = []
+        packed = writer.pack(b"y" * 4096, created)
+        (name,) = created
+        fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+        os.ftruncate(fd, 100)  # a liar shrinks its block after naming it: mapping it would SIGBUS
+        os.close(fd)
+        reader = BlockReader(copy=True, accept=f"orch_{os.getpid()}short", views=True)
+        with pytest.raises(ValueError, match="shorter than its reference"):
+            reader.unpack(packed)
+    finally:
+        for name in our_blocks():
+            unlink_block(name)
+        _helper_lease.release()
