@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -22,6 +23,8 @@ LogFormat = Literal["text", "json"]
 # A task's (task_id, task_type, worker_pid), kept as a tuple until a record needs it.
 TaskRef = tuple[str, str, int | None]
 task_logger: Final = logging.getLogger("orchestrator.tasks")
+# How far ahead of the host's clock a worker's record may be dated.
+_CLOCK_SKEW: Final = 86_400.0
 # Where the records that workers' code logs are re-emitted (each keeps its own logger's name).
 worker_record_logger: Final = logging.getLogger("orchestrator.task")
 
@@ -82,9 +85,11 @@ def reemit(msg: protocol.Log, task_type: str | None, worker_pid: int | None) -> 
     if not worker_record_logger.isEnabledFor(msg.level):
         return
     record = logging.LogRecord(msg.logger[:200], msg.level, "(worker)", 0, cut_text(msg.message), None, None)
-    record.created = msg.created
-    record.msecs = (msg.created - int(msg.created)) * 1000
-    record.relativeCreated = (msg.created - logging._startTime) * 1000  # type: ignore[attr-defined]
+    # A time no clock can show (a confused or lying worker) would break every formatter: now, then.
+    created = msg.created if msg.created < time.time() + _CLOCK_SKEW else record.created
+    record.created = created
+    record.msecs = (created - int(created)) * 1000
+    record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
     record.exc_text = cut_text(msg.exc_text) or None
     record.process = worker_pid
     record.processName = "orchestrator-worker"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,8 @@ _VALID: list[list[Any]] = [
     [19, T, False],
     [20, 1, 1],
     [21, 1000, 0.5],
+    [22, T, "mypkg", 20, "a record", "", 1.0],
+    [22, None, "x" * 5000, 10**18, "m" * 70_000, "tb", 1e300],
 ]
 
 
@@ -152,4 +155,19 @@ def test_fuzzed_worker_messages_never_end_the_supervisor(
         assert orch.get_status().state == "running"
 
     lie()
+    assert_still_serves(orch)
+
+
+def test_a_log_record_with_an_impossible_time_and_a_huge_text_is_tamed(
+    make_orch: Callable[..., ParallelOrchestrator], caplog: pytest.LogCaptureFixture
+) -> None:
+    orch = make_orch(max_workers=1)
+    frames = [[22, T, "liar.logger", 40, "m" * 100_000, "", 1e300]]
+    result = orch.wait(orch.submit_task({"type": "liar", "config": {"frames": frames}}), DEADLOCK_TIMEOUT)
+    assert result.success
+    (record,) = [r for r in caplog.records if r.name == "liar.logger"]
+    assert abs(record.created - time.time()) < DEADLOCK_TIMEOUT  # dated by the host instead
+    assert len(record.getMessage()) < 70_000  # cut, saying by how much
+    assert record.getMessage().endswith("characters cut)")
+    assert record.task_id == result.task_id  # type: ignore[attr-defined]
     assert_still_serves(orch)
