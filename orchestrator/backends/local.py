@@ -69,6 +69,16 @@ class WorkerPool:
         # Called when new capacity arrives on its own (never here: local workers are spawned).
         self.on_arrival: Callable[[], None] | None = None
         _helper_lease.acquire()
+        if start_method == "forkserver":
+            # Started now, beside the host, the server imports the worker side while the host
+            # goes on; the first spawn would otherwise wait for all of it on the supervisor's
+            # thread. (A spawn meanwhile waits on the server's lock; a failure here, for the spawn.)
+            self._starting: threading.Thread | None = threading.Thread(
+                target=forkserver.ensure_running, name="orch-forkserver", daemon=True
+            )
+            self._starting.start()
+        else:
+            self._starting = None
         if shm_threshold is not None:
             # Workers must share the host's resource tracker (fork children inherit it only if it
             # runs first): a tracker of their own would unlink the host's blocks when they exit.
@@ -133,6 +143,8 @@ class WorkerPool:
 
     def close(self, wait: bool = True) -> None:
         """Release this pool's share of the multiprocessing helpers (see `_HelperLease`)."""
+        if self._starting is not None:
+            self._starting.join()  # a server started after the release would outlive every pool
         if self._leased:
             self._leased = False
             _helper_lease.release()
