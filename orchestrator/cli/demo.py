@@ -24,7 +24,9 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.core import ParallelOrchestrator
 from orchestrator.models import TaskResult
 
-_PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "workers"]
+# The two packages whose docstrings and sources the demo reads (orchestrator/cli/demo.py -> the root).
+_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGES = [_ROOT / "orchestrator", _ROOT / "workers"]
 _OBJECTIVE = "x = float('{x}'); y = float('{y}'); print((x - 3) ** 2 + (y + 1) ** 2 + 0.5)"
 _PEAK = "import math; a = float('{a}'); print(math.sin(a) * math.exp(-((a - 1.5) ** 2) / 4))"
 
