@@ -324,3 +324,17 @@ class TaskSpec(_Checked):
         except protocol.PayloadError as exc:
             raise ValueError(f"config is {exc}") from exc
         return config
+
+
+def merged_config(config: OrchestratorConfig | None, overrides: dict[str, Any]) -> OrchestratorConfig:
+    """``config`` with ``overrides`` (fields) on top, validated as one config.
+
+    Raises:
+        ConfigError: ``config`` is not an `OrchestratorConfig`, or a field does not validate.
+    """
+    if config is not None and not isinstance(config, OrchestratorConfig):
+        raise ConfigError(f"config must be an OrchestratorConfig, not {type(config).__name__}")
+    if config is not None and not overrides:
+        return config
+    fields = config.model_dump(exclude_unset=True) if config is not None else {}
+    return OrchestratorConfig(**{**fields, **overrides})

@@ -15,14 +15,11 @@ from typing import Any, Literal, Self, TypeVar
 
 from orchestrator.admission import Admission
 from orchestrator.assembly import Assembly, State
-from orchestrator.config import OrchestratorConfig, TaskSpec
+from orchestrator.config import OrchestratorConfig, TaskSpec, merged_config
 from orchestrator.durations import caller_timeout
-from orchestrator.errors import (
-    ConfigError,
-    OrchestratorClosedError,
-)
+from orchestrator.errors import OrchestratorClosedError
 from orchestrator.events import EventBus
-from orchestrator.executor import CallPort, TaskExecutor, check_initializer, pickled_initializer
+from orchestrator.executor import CallPort, TaskExecutor, initializer_for
 from orchestrator.journal import Journal
 from orchestrator.logs import enable_logging
 from orchestrator.lookup import TaskIds, TaskLookup
@@ -59,7 +56,7 @@ class ParallelOrchestrator:
     """
 
     def __init__(self, config: OrchestratorConfig | None = None, **overrides: Any) -> None:
-        self.config = _build_config(config, overrides)
+        self.config = merged_config(config, overrides)
         self._tasks: dict[str, TaskRecord] = {}
         self._ids = TaskIds()
         self._lookup = TaskLookup(self.config, self._tasks, self._ids)
@@ -383,11 +380,7 @@ class ParallelOrchestrator:
             TypeError: ``initializer`` is not callable.
             Exception: after `initialize`, the error pickling ``initargs`` raised.
         """
-        init: bytes | str | None = None
-        if initializer is not None:
-            check_initializer(initializer)
-            init = self._assembly.inherit((initializer, tuple(initargs)))
-            init = init or pickled_initializer(initializer, initargs)
+        init = initializer_for(self._assembly.inherit, initializer, initargs)
         return TaskExecutor(self._calls, task_defaults, init)
 
     def register_handler(self, name: str, handler: str) -> None:
@@ -491,12 +484,3 @@ class ParallelOrchestrator:
             self._ensure_running()
         assert self._supervisor is not None
         return self._supervisor
-
-
-def _build_config(config: OrchestratorConfig | None, overrides: dict[str, Any]) -> OrchestratorConfig:
-    if config is not None and not isinstance(config, OrchestratorConfig):
-        raise ConfigError(f"config must be an OrchestratorConfig, not {type(config).__name__}")
-    if config is not None and not overrides:
-        return config
-    fields = config.model_dump(exclude_unset=True) if config is not None else {}
-    return OrchestratorConfig(**{**fields, **overrides})

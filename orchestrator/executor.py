@@ -148,7 +148,7 @@ def _raised(result: TaskResult, pickled: bytes) -> BaseException:
             result,
         )
     if error.traceback:
-        # The stdlib passes the traceback's text, which its type stub does not foresee.
+        # The stdlib passes the traceback's text; typeshed declares a traceback object.
         exc.__cause__ = _RemoteTraceback(f'\n"""\n{error.traceback}"""')  # type: ignore[arg-type]
     return exc
 
@@ -402,7 +402,25 @@ def _in_order(
             future.cancel()
 
 
-def pickled_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
+def initializer_for(
+    inherit: Callable[[calls.Initializer], str | None],
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+) -> bytes | str | None:
+    """How an executor's calls name their initializer: by the name every worker inherits it under
+    (``inherit`` gives one until the orchestrator starts), else pickled with each call.
+
+    Raises:
+        TypeError: ``initializer`` is not callable.
+        Exception: the pickling error, with a note on how to pass objects that only inherit.
+    """
+    if initializer is None:
+        return None
+    _check_initializer(initializer)
+    return inherit((initializer, tuple(initargs))) or _pickled_initializer(initializer, initargs)
+
+
+def _pickled_initializer(initializer: Callable[..., object], initargs: tuple[Any, ...]) -> bytes:
     """``(initializer, initargs)`` pickled to travel with each call of an executor made after
     its orchestrator started.
 
@@ -421,7 +439,7 @@ def pickled_initializer(initializer: Callable[..., object], initargs: tuple[Any,
         raise
 
 
-def check_initializer(initializer: object) -> None:
+def _check_initializer(initializer: object) -> None:
     """Raise TypeError unless ``initializer`` is callable."""
     if not callable(initializer):
         raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
