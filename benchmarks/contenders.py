@@ -23,6 +23,7 @@ class Contender(ABC):
     """Base: a pool of ``workers`` processes started with ``method``."""
 
     name = ""
+    library = ""  # the import a user writes to get this pool
 
     def __init__(self, workers: int, method: str, queue: int = 200_000) -> None:
         self.workers = workers
@@ -81,6 +82,7 @@ class Contender(ABC):
 
 class Orchestrator(Contender):
     name = "parallel-orchestrator"
+    library = "from orchestrator import ParallelOrchestrator"
     options: dict[str, Any] = {}  # noqa: RUF012 - read only
 
     def start(self) -> None:
@@ -120,6 +122,7 @@ class Orchestrator(Contender):
 
 class PPE(Contender):
     name = "ProcessPoolExecutor"
+    library = "from concurrent.futures import ProcessPoolExecutor"
 
     def start(self) -> None:
         self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(self.method))
@@ -138,6 +141,7 @@ class OrchestratorExecutor(PPE):
     """This orchestrator through its concurrent.futures facade, running the peers' plain functions."""
 
     name = "orchestrator executor"
+    library = "from orchestrator import ProcessPoolExecutor"
 
     def start(self) -> None:
         from orchestrator import ProcessPoolExecutor as Facade
@@ -153,6 +157,7 @@ class OrchestratorExecutor(PPE):
 
 class MPPool(Contender):
     name = "multiprocessing.Pool"
+    library = "from multiprocessing.pool import Pool"
 
     def start(self) -> None:
         self.pool = multiprocessing.get_context(self.method).Pool(self.workers)
@@ -174,6 +179,7 @@ class MPPool(Contender):
 
 class Loky(Contender):
     name = "loky"
+    library = "from loky import get_reusable_executor"
 
     def start(self) -> None:
         from loky import get_reusable_executor
@@ -192,6 +198,7 @@ class Loky(Contender):
 
 class Pebble(Contender):
     name = "pebble"
+    library = "from pebble import ProcessPool"
 
     def start(self) -> None:
         from pebble import ProcessPool
@@ -223,6 +230,14 @@ class OrchestratorViews(Orchestrator):
 ALL: list[type[Contender]] = [Orchestrator, PPE, MPPool, Loky, Pebble]
 # The concurrent.futures-style pools, for the executor benchmark.
 EXECUTORS: list[type[Contender]] = [OrchestratorExecutor, PPE, Loky, Pebble]
+
+
+def by_name(name: str) -> type[Contender]:
+    """The contender called ``name``."""
+    for kind in [*ALL, *EXECUTORS, OrchestratorViews]:
+        if kind.name == name:
+            return kind
+    raise ValueError(f"no contender named {name!r}")
 
 
 def import_all() -> None:

@@ -27,6 +27,7 @@ from benchmarks.contenders import (
     OrchestratorViews,
     import_all,
 )
+from benchmarks.fresh_start import fresh_start
 from benchmarks.host_impact import host_impact
 
 MIB = 2**20
@@ -185,6 +186,7 @@ BENCHMARKS: dict[str, Measure] = {
     "throughput": throughput,
     "latency": latency,
     "cold_start": cold_start,
+    "fresh_start": fresh_start,
     "payloads": payloads,
     "memory": memory,
     "scale": scale,

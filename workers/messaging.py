@@ -9,19 +9,22 @@ member waiting for a message, never starves the pool.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from workers import protocol
 from workers.errors import QueueFullError, UnknownTaskTypeError
 from workers.shm import BlockReader
 from workers.values import Message
+
+if TYPE_CHECKING:
+    import asyncio
 
 _ERRORS: dict[str, type[Exception]] = {
     "UnknownTaskTypeError": UnknownTaskTypeError,
@@ -188,6 +191,8 @@ class Link:
 
     async def call_async(self, task_id: str, op: str, args: Any, timeout: float | None = None) -> Any:
         """`call` for an async handler: awaits the answer instead of blocking the loop."""
+        import asyncio
+
         call_id, pending = self._register(asyncio.get_running_loop())
         assert pending.future is not None
         self._send(protocol.Call(task_id, call_id, op, self._pack(args)))
@@ -295,6 +300,8 @@ class AsyncSubscription(_Subscribed):
     """`Subscription` for async handlers: ``await sub.receive()`` and ``async for msg in sub``."""
 
     def __init__(self, link: Link, task_id: str, topic: str) -> None:
+        import asyncio
+
         super().__init__(link, task_id, topic)
         loop = asyncio.get_running_loop()
         self._arrived = asyncio.Event()
@@ -306,6 +313,8 @@ class AsyncSubscription(_Subscribed):
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message; `TimeoutError` if none comes within ``timeout`` seconds."""
+        import asyncio
+
         self._check_open()
         message = self._buffer.take()
         if message is not None:
@@ -332,6 +341,9 @@ def _check_topic(topic: str) -> None:
 
 
 def _refuse_in_event_loop(what: str, instead: str) -> None:
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:  # not imported (the worker side imports it lazily): no loop can be running
+        return
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -16,7 +16,6 @@ so a stop can never interrupt the loop itself or a message half written to the p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import os
@@ -27,7 +26,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from workers import protocol
 from workers.calls import CallRaised, Initializer, inherit
@@ -42,6 +41,9 @@ from workers.registry import resolve_handler
 from workers.shm import BlockReader, BlockWriter, block_prefix
 from workers.strays import StrayReaper
 from workers.values import TaskError
+
+if TYPE_CHECKING:
+    import asyncio
 
 STOP_SIGNAL: Final = signal.SIGUSR1
 _STOP_MASK: Final = {STOP_SIGNAL}
@@ -398,6 +400,10 @@ class _WorkerRuntime:
     # ------------------------------------------------------------------ async mode
 
     def _serve_async(self, ctx: TaskContext, handler: Callable[..., Any]) -> None:
+        # Imported here: a fork server that imports the worker side would otherwise pay ~15 ms for
+        # it at every start, and only async handlers need it.
+        import asyncio
+
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
@@ -408,6 +414,8 @@ class _WorkerRuntime:
     async def _async_main(
         self, loop: asyncio.AbstractEventLoop, ctx: TaskContext, handler: Callable[..., Any]
     ) -> None:
+        import asyncio
+
         inbox: asyncio.Queue[protocol.Message] = asyncio.Queue()
         with self._lock:
             self._loop = loop
@@ -425,6 +433,8 @@ class _WorkerRuntime:
             await asyncio.wait(list(self._async_tasks.values()))
 
     def _start_async(self, ctx: TaskContext, handler: Callable[..., Any]) -> None:
+        import asyncio
+
         self._send(protocol.TaskStarted(ctx.task_id, True))
         task = asyncio.get_running_loop().create_task(self._run_async(ctx, handler))
         self._async_tasks[ctx.task_id] = task
@@ -432,6 +442,8 @@ class _WorkerRuntime:
             task.cancel()
 
     async def _run_async(self, ctx: TaskContext, handler: Callable[..., Any]) -> None:
+        import asyncio
+
         try:
             with current_task(ctx, process_wide=False):
                 result = await handler(ctx)

@@ -22,10 +22,12 @@ import os
 import re
 import sys
 import threading
-from multiprocessing import shared_memory
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
+
+if TYPE_CHECKING:
+    from multiprocessing.shared_memory import SharedMemory
 
 # What may follow an orchestrator's prefix in a block name (no '/', no '.'), and the longest name.
 _NAME_TAIL: Final = re.compile(r"[A-Za-z0-9_]+")
@@ -98,7 +100,7 @@ class BlockWriter:
 
     def _block(self, code: int, data: memoryview, extra: list[Any], names: list[str]) -> msgpack.ExtType:
         name = f"{self._prefix}{next(self._numbers)}"
-        block = shared_memory.SharedMemory(name=name, create=True, size=max(1, data.nbytes))
+        block = _shared_memory(name, create=True, size=max(1, data.nbytes))
         try:
             _fill(block, data)
         finally:
@@ -107,7 +109,7 @@ class BlockWriter:
         return msgpack.ExtType(code, msgpack.packb([name, data.nbytes, *extra]))
 
 
-def _fill(block: shared_memory.SharedMemory, data: memoryview) -> None:
+def _fill(block: SharedMemory, data: memoryview) -> None:
     """Copy ``data`` into a new block: through its file where there is one (Linux), so that the
     kernel allocates the pages in one pass; a first write through the mapping takes a page fault
     per 4 KiB page, three times slower here (64 MiB: 100 ms against 30)."""
@@ -133,7 +135,7 @@ def _copy_out(name: str, size: int, code: int, extra: list[Any]) -> Any:
     except FileNotFoundError:
         if os.path.isdir(SHM_DIRECTORY):
             raise
-        block = shared_memory.SharedMemory(name=name)  # no /dev/shm: shm_open, which never follows a link
+        block = _shared_memory(name)  # no /dev/shm: shm_open, which never follows a link
         try:
             assert block.buf is not None
             view = block.buf[:size]
@@ -207,7 +209,7 @@ class BlockReader:
         self._views_out = views
         self._accept = accept
         self._unlink = unlink
-        self._open: list[shared_memory.SharedMemory] = []
+        self._open: list[SharedMemory] = []
         self._views: list[memoryview] = []
         # What a worker handed out (by id; `_kept` keeps each alive, so no id is reused), and the
         # reference that names each one's block back to the host.
@@ -252,7 +254,7 @@ class BlockReader:
             if unlink:
                 unlink_block(name)
             return value
-        block = shared_memory.SharedMemory(name=name)
+        block = _shared_memory(name)
         assert block.buf is not None
         view = block.buf[:size]
         self._open.append(block)
@@ -295,7 +297,7 @@ def _open_block_file(name: str, flags: int) -> int:
 
 
 # Blocks a handler kept a view of past its end: closing them would fail, and so would __del__.
-_still_mapped: list[shared_memory.SharedMemory] = []
+_still_mapped: list[SharedMemory] = []
 
 
 _packers = threading.local()
@@ -338,10 +340,19 @@ def _as_array(buffer: Any, extra: list[Any], copy: bool) -> Any:
     return array.copy() if copy else array
 
 
+def _shared_memory(name: str, create: bool = False, size: int = 0) -> SharedMemory:
+    """A block by name. multiprocessing.shared_memory is imported on first use: its import
+    (hashlib, secrets) would add ~5 ms to every fork server's start, and most workers never
+    make or map a block."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    return SharedMemory(name=name, create=create, size=size)
+
+
 def unlink_block(name: str) -> None:
     """Remove a block by name (also from the resource tracker); a missing one is fine."""
     try:
-        block = shared_memory.SharedMemory(name=name)
+        block = _shared_memory(name)
     except FileNotFoundError:
         return
     block.close()
