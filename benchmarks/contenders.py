@@ -2,7 +2,7 @@
 
 Each contender is a context manager around a warmed pool with ``submit(kind, arg)`` returning a
 handle and ``wait(handle)`` returning the task's value. Kinds: ``noop``, ``cpu`` (arg: ms of CPU),
-``echo`` (arg: the value to return).
+``echo`` (arg: the value to return), ``collect`` (a full garbage collection in the worker).
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ from typing import Any, Self
 
 from benchmarks import tasks
 
-PLAIN = {"noop": tasks.noop_plain, "cpu": tasks.cpu_plain, "echo": tasks.echo_plain}
-HANDLERS = {"noop": "benchmarks.tasks:noop", "cpu": "benchmarks.tasks:cpu", "echo": "benchmarks.tasks:echo"}
+PLAIN = {
+    "noop": tasks.noop_plain,
+    "cpu": tasks.cpu_plain,
+    "echo": tasks.echo_plain,
+    "collect": tasks.collect_plain,
+}
+HANDLERS = {kind: "benchmarks.tasks:" + fn.__name__.removesuffix("_plain") for kind, fn in PLAIN.items()}
 
 
 class Contender(ABC):

@@ -132,7 +132,8 @@ def payloads(kind: type[Contender], args: argparse.Namespace) -> dict[str, float
 
 
 def memory(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
-    """USS and RSS of an idle worker, in MiB (RSS counts pages shared with the forked host)."""
+    """USS and RSS of an idle worker, in MiB (RSS counts pages shared with the forked host), and
+    its USS once it has run a full garbage collection (which writes to every object it walks)."""
     import psutil
 
     with kind(args.workers, args.start_method) as pool:
@@ -143,6 +144,9 @@ def memory(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
             "idle worker USS MiB": statistics.median(i.uss for i in infos) / MIB,
             "idle worker RSS MiB": statistics.median(i.rss for i in infos) / MIB,
         }
+        warm_up(pool, "collect", 0)
+        collected = [psutil.Process(pid).memory_full_info().uss for pid in pool.worker_pids()]
+        figures["USS after a collection MiB"] = statistics.median(collected) / MIB
     return figures
 
 

@@ -39,3 +39,15 @@ def echo_plain(value: Any) -> Any:
 def sleep_ms(ctx: Any) -> None:
     """An orchestrator handler that sleeps config['ms'] milliseconds."""
     time.sleep(ctx.config["ms"] / 1000)
+
+
+def collect(ctx: Any) -> None:
+    """An orchestrator handler that runs a full garbage collection in its worker."""
+    collect_plain()
+
+
+def collect_plain(value: int = 0) -> None:
+    """A peer's task that runs a full garbage collection in its worker."""
+    import gc
+
+    gc.collect()

@@ -31,7 +31,7 @@ from workers.runtime import worker_main
 logger = logging.getLogger(__name__)
 
 # Modules the fork server imports once, so that each forked worker starts with them loaded.
-FORKSERVER_PRELOAD: Final = ["workers.runtime", "workers.registry", "msgpack"]
+FORKSERVER_PRELOAD: Final = ["workers.runtime", "workers.registry", "msgpack", "workers.preloaded"]
 
 MAIN_GUARD_HELP: Final = (
     "this script was imported again by a worker process while it started, and it created an "

@@ -54,6 +54,7 @@ HANDLERS = {
         "log_some",
         "log_flood",
         "log_badly",
+        "frozen_objects",
     )
 }
 HANDLERS["bad_import"] = "tests.helpers.no_such_module:handler"
@@ -403,3 +404,10 @@ def log_badly(ctx: TaskContext) -> str:
 def init_that_logs() -> None:
     """A worker initializer that logs, outside any task."""
     logging.getLogger("mypkg.setup").warning("model loaded in pid %d", os.getpid())
+
+
+def frozen_objects(ctx: TaskContext) -> int:
+    """How many objects this worker's garbage collector never walks (`gc.freeze`)."""
+    import gc
+
+    return gc.get_freeze_count()

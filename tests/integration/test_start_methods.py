@@ -28,3 +28,14 @@ def test_round_trip_progress_timeout_and_cancel(make_orch, start_method: str, re
     assert orch.wait(orch.submit_task({"type": "async_echo", "config": {"x": 1}}), DEADLOCK_TIMEOUT).data == {
         "x": 1
     }
+
+
+def test_a_forkserver_worker_shares_what_its_server_imported_with_the_collector_frozen(make_orch) -> None:
+    """The fork server freezes what it imported before forking, so that a worker's collections
+    leave those pages shared; a forked worker has nothing frozen (the host froze nothing)."""
+    by_method = {}
+    for method in ("forkserver", "fork"):
+        orch = make_orch(max_workers=1, start_method=method)
+        by_method[method] = orch.wait(orch.submit_task({"type": "frozen_objects"}), DEADLOCK_TIMEOUT).data
+    assert by_method["forkserver"] > 10_000  # the worker side and msgpack: tens of thousands
+    assert by_method["fork"] == 0
