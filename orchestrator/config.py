@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -110,8 +110,10 @@ class OrchestratorConfig(_Checked):
         description="large buffers in results and partials: copied into bytes/arrays, or handed "
         "out as read-only views of their shared memory, valid as long as they are held",
     )
-    prefetch: int = Field(
-        1, ge=0, strict=True, description="tasks queued in a busy worker ahead of its running one"
+    prefetch: Literal["auto"] | Annotated[int, Field(ge=0, strict=True)] = Field(
+        "auto",
+        description='tasks a busy worker holds queued behind its running one: "auto" sizes it by how '
+        "long the type's tasks run (about 10 ms of work, 1 to 64 tasks), a number fixes it (0: none)",
     )
     worker_concurrency: dict[str, int] = Field(
         default_factory=dict, description="async tasks one worker of a type runs at once (default 1)"

@@ -23,6 +23,21 @@ _MAX_READ: Final = 1 << 26
 MAX_FRAME_BYTES: Final = 1 << 32
 
 
+def frame(payload: bytes) -> bytes:
+    """``payload`` framed as `Connection.send_bytes` frames it, so that several frames can go in
+    one write and be read back by `Connection.recv_bytes` or a `FrameReader`."""
+    if len(payload) <= 0x7FFFFFFF:
+        return _SHORT_HEADER.pack(len(payload)) + payload
+    return _SHORT_HEADER.pack(-1) + _LONG_HEADER.pack(len(payload)) + payload
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (a blocking pipe may take it in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class FrameReader:
     """Every frame `Connection.send_bytes` wrote to a pipe, in one system call per wake-up.
 

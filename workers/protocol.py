@@ -26,7 +26,7 @@ from workers.payload import check_payload as check_payload
 from workers.payload import pack_payload as pack_payload
 from workers.payload import unpack_payload as unpack_payload
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 
 
 @dataclass(slots=True)
@@ -165,11 +165,13 @@ class TaskPartial:
 
 @dataclass(slots=True)
 class TaskDone:
-    """Worker -> host: the handler returned; ``data`` is its packed return value."""
+    """Worker -> host: the handler returned; ``data`` is its packed return value, ``run_s`` how
+    long the handler ran by the worker's clock (the host sizes prefetch by it)."""
 
     TAG: ClassVar[int] = 14
     task_id: str
     data: bytes
+    run_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -348,7 +350,7 @@ _WIRE_TYPES: Final[dict[str, tuple[type[Any], ...]]] = {
 # Fields that count, measure or number something: never negative.
 _NON_NEGATIVE: Final = frozenset(
     {"worker_id", "pid", "version", "attempt", "seq", "call_id", "sub_id", "message_id", "rss", "cpu"}
-    | {"retry_after", "completed", "total", "level", "created"}
+    | {"retry_after", "completed", "total", "level", "created", "run_s"}
 )
 # The failures a worker may report for a task; the rest (crash, memory kill...) only the host decides.
 WORKER_FAILURE_KINDS: Final = frozenset(

@@ -23,6 +23,7 @@ import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -328,12 +329,12 @@ class _WorkerRuntime:
     def _pack(self, value: Any) -> bytes:
         return protocol.pack_payload(value, self._blocks)
 
-    def _result_message(self, ctx: TaskContext, result: Any) -> protocol.Message:
+    def _result_message(self, ctx: TaskContext, result: Any, run_s: float) -> protocol.Message:
         mapped = self._mapped.get(ctx.task_id)
         try:
             # A buffer the task was given goes back as a reference to the host's own block.
             packed = protocol.pack_payload(result, self._blocks, lent=mapped.lent if mapped else None)
-            return protocol.TaskDone(ctx.task_id, packed)
+            return protocol.TaskDone(ctx.task_id, packed, run_s)
         except protocol.PayloadError as exc:
             return failure(ctx.task_id, "serialization", exc, prefix="the handler's result is ")
 
@@ -345,9 +346,10 @@ class _WorkerRuntime:
         try:
             if report_start:
                 self._send(protocol.TaskStarted(ctx.task_id, False))
+            started = time.perf_counter()
             result = self._invoke(handler, ctx)
             # Packed before the task's blocks are unmapped: the result may be a view of one.
-            return self._result_message(ctx, result)
+            return self._result_message(ctx, result, time.perf_counter() - started)
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
             return self._classify(ctx, exc)
         finally:
@@ -444,6 +446,7 @@ class _WorkerRuntime:
     async def _run_async(self, ctx: TaskContext, handler: Callable[..., Any]) -> None:
         import asyncio
 
+        started = time.perf_counter()
         try:
             with current_task(ctx, process_wide=False):
                 result = await handler(ctx)
@@ -453,7 +456,7 @@ class _WorkerRuntime:
         except BaseException as exc:  # noqa: BLE001 - user code: any failure is the task's
             reply = self._classify(ctx, exc)
         else:
-            reply = self._result_message(ctx, result)
+            reply = self._result_message(ctx, result, time.perf_counter() - started)
         finally:
             self._async_tasks.pop(ctx.task_id, None)
             self._finished(ctx)

@@ -16,6 +16,7 @@ from typing import Final, Protocol
 
 from orchestrator.scheduler import Timer
 from workers import protocol
+from workers.framing import frame, write_all
 
 # What a local worker's main thread reads from its task pipe: its tasks, and the order to stop after them.
 _TASK_PIPE_MESSAGES: Final = (protocol.RunTask, protocol.Shutdown)
@@ -74,11 +75,11 @@ class WorkerHandle:
         """True while a task sent now would start at once (fewer tasks than its slots)."""
         return self._occupied() < self.slots and self.exit_reason is None
 
-    def can_prefetch(self) -> bool:
-        """True while the worker may hold one more task queued behind its running ones."""
-        return (
-            self._occupied() < self.slots + self.prefetch and self.exit_reason is None and not self.lent_out
-        )
+    def can_prefetch(self, depth: int) -> bool:
+        """True while the worker may hold one more task queued behind its running ones: fewer than
+        ``depth`` queued, and than its own ``prefetch`` (0 for a worker that takes none)."""
+        queued = min(self.prefetch, depth)
+        return self._occupied() < self.slots + queued and self.exit_reason is None and not self.lent_out
 
     @property
     def lent_out(self) -> bool:
@@ -102,6 +103,18 @@ class WorkerHandle:
             conn = self.task_conn
         try:
             conn.send_bytes(protocol.encode(msg))
+        except OSError:
+            return False
+        return True
+
+    def send_tasks(self, tasks: list[protocol.RunTask]) -> bool:
+        """Send several tasks in one write (one system call, and one point where another host
+        thread may take the GIL, instead of one per task); False if the pipe is broken."""
+        if len(tasks) == 1:
+            return self.send(tasks[0])
+        conn = self.task_conn or self.conn
+        try:
+            write_all(conn.fileno(), b"".join(frame(protocol.encode(task)) for task in tasks))
         except OSError:
             return False
         return True

@@ -15,12 +15,17 @@ from orchestrator.supervisor.fleet import Fleet
 from orchestrator.supervisor.init_guard import InitGuard
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.line import Line
+from orchestrator.supervisor.pace import MAX_DEPTH, Pace
 from orchestrator.supervisor.record import TaskRecord, active_record
 from orchestrator.trust import Refused, vetted_config
 from workers import protocol
 from workers.shm import BlockWriter
 
 _EMPTY_DEPS: Final = protocol.pack_payload(None)
+# Queued configs a worker may hold, at most (half a pipe's default 64 KiB), and what a RunTask
+# adds to its config (ids, names, the handler's path).
+_PREFETCH_BYTES: Final = 32 * 1024
+_RUN_TASK_BYTES: Final = 200
 
 
 class Dispatcher:
@@ -40,8 +45,10 @@ class Dispatcher:
         capacity: Capacity,
         lifecycle: Lifecycle,
         init_guard: InitGuard,
+        pace: Pace,
     ) -> None:
         self._config = config
+        self._pace = pace
         self._init_guard = init_guard
         self._tasks = tasks
         self._queue_slots = queue_slots
@@ -54,11 +61,27 @@ class Dispatcher:
         self._prefetching = False
 
     def dispatch(self) -> None:
-        """Send every ready task that has a worker and room in its type's cap, best first."""
+        """Send every ready task that has a worker and room in its type's cap, best first; the
+        tasks that go to one worker leave together, in one write."""
         if not self._line:
             if self._prefetching:
                 self._revoke_prefetched()
             return
+        outbox: dict[WorkerHandle, list[protocol.RunTask]] = {}
+        try:
+            stalled = self._assign_ready(outbox)
+        finally:
+            for worker, tasks in outbox.items():
+                worker.send_tasks(tasks)
+        if stalled:
+            return
+        if not self._line:
+            self._revoke_prefetched()
+        self._fleet.retire_unneeded()
+
+    def _assign_ready(self, outbox: dict[WorkerHandle, list[protocol.RunTask]]) -> bool:
+        """Give each ready task a worker, best first, until the line is empty (False) or what is
+        left may not run now (True)."""
         blocked: set[str] = set()
 
         def may_run(task_type: str) -> bool:
@@ -69,13 +92,13 @@ class Dispatcher:
         while self._line:
             best = self._line.peek_best(may_run)
             if best is None:
-                return
+                return True
             task_type, task_id = best
             broken = self._init_guard.broken(task_type)
             if broken is not None:  # no worker of its type can start: it fails without one
                 self._lifecycle.fail(self._line.pop(task_type), "worker_init", broken)
                 continue
-            worker = self._worker_for(task_type)
+            worker = self._worker_for(self._tasks[task_id])
             if worker is None:
                 blocked.add(task_type)
                 self._revoke_outranked(self._tasks[task_id])
@@ -83,10 +106,8 @@ class Dispatcher:
             record = self._line.pop(task_type)
             message = self._run_message(record)
             if message is not None:
-                self._assign(record, worker, message)
-        if not self._line:
-            self._revoke_prefetched()
-        self._fleet.retire_unneeded()
+                self._assign(record, worker, message, outbox)
+        return False
 
     def on_started(self, worker: WorkerHandle, msg: protocol.TaskStarted) -> None:
         """A task started: the first start also tells whether the worker runs tasks side by side."""
@@ -94,8 +115,9 @@ class Dispatcher:
         if msg.concurrent:
             worker.slots = self._config.worker_concurrency.get(worker.type or "", 1)
         else:
-            worker.prefetch = self._config.prefetch
-            self._prefetching = self._config.prefetch > 0
+            prefetch = self._config.prefetch
+            worker.prefetch = MAX_DEPTH if prefetch == "auto" else prefetch
+            self._prefetching = prefetch != 0
         record = active_record(self._tasks, worker, msg.task_id)
         if record is not None and record.status is TaskStatus.QUEUED:
             self._lifecycle.begin(worker, record)
@@ -152,20 +174,25 @@ class Dispatcher:
                 errors[dep_id] = outcome.error.model_dump() if outcome.error else {}
         return results, errors
 
-    def _worker_for(self, task_type: str) -> WorkerHandle | None:
+    def _worker_for(self, record: TaskRecord) -> WorkerHandle | None:
         """Where the task goes: a worker of its type that starts it at once (the most recently
         active), an untyped one, a new one, then the least loaded one of its type that can hold it
         queued (prefetch); else none, and an idle worker of another type is retired for room."""
         # One pass over the pool, on every dispatch: it runs per task.
         pool = self._pool
+        task_type = record.spec.type
+        depth = self._prefetch_depth(record)
+        limit = self._config.max_tasks_per_worker
         typed = untyped = ahead = None
         working = 0
         for w in self._fleet.workers.values():
             working += not w.lent_out
+            if limit is not None and w.tasks_completed + len(w.tasks) >= limit:
+                continue  # it holds the last tasks it may run before it is recycled
             if w.type == task_type:
                 if (typed is None or w.last_active > typed.last_active) and w.has_room():
                     typed = w if pool.may_run(w, task_type) else typed
-                if (ahead is None or len(w.tasks) < len(ahead.tasks)) and w.can_prefetch():
+                if (ahead is None or len(w.tasks) < len(ahead.tasks)) and w.can_prefetch(depth):
                     ahead = w
             elif w.type is None and (untyped is None or w.last_active > untyped.last_active) and w.has_room():
                 untyped = w if pool.may_run(w, task_type) else untyped
@@ -179,7 +206,22 @@ class Dispatcher:
             self._fleet.make_room()
         return ahead
 
-    def _assign(self, record: TaskRecord, worker: WorkerHandle, msg: protocol.RunTask) -> None:
+    def _prefetch_depth(self, record: TaskRecord) -> int:
+        """How many tasks like this one a busy worker may hold queued: the configured number, or
+        what the type's pace calls for; either way no more than `_PREFETCH_BYTES` of configs (a
+        larger one waits for a free worker), since a worker reads its pipe only between tasks and
+        a full pipe would block the supervisor's write until the worker's running task ended."""
+        prefetch = self._config.prefetch
+        depth = self._pace.depth(record.spec.type) if prefetch == "auto" else prefetch
+        return min(depth, _PREFETCH_BYTES // (len(record.packed_config) + _RUN_TASK_BYTES))
+
+    def _assign(
+        self,
+        record: TaskRecord,
+        worker: WorkerHandle,
+        msg: protocol.RunTask,
+        outbox: dict[WorkerHandle, list[protocol.RunTask]],
+    ) -> None:
         spec = record.spec
         if record.holds_slot:
             record.holds_slot = False
@@ -197,7 +239,7 @@ class Dispatcher:
             worker.pending.append(msg)
         else:
             worker.state = "busy"
-            worker.send(msg)
+            outbox.setdefault(worker, []).append(msg)
             if len(worker.tasks) == 1:
                 self._lifecycle.start_head(worker)
 

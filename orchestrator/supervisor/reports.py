@@ -14,6 +14,7 @@ from orchestrator.supervisor.capacity import Capacity
 from orchestrator.supervisor.fleet import Fleet, WorkerExit
 from orchestrator.supervisor.init_guard import InitGuard
 from orchestrator.supervisor.lifecycle import Lifecycle
+from orchestrator.supervisor.pace import Pace
 from orchestrator.supervisor.record import TaskRecord, active_record, prefetched
 from workers import calls, protocol
 from workers.shm import BlockReader
@@ -35,8 +36,10 @@ class Reports:
         announce: Announcer,
         block_reader: BlockReader,
         init_guard: InitGuard,
+        pace: Pace,
     ) -> None:
         self._init_guard = init_guard
+        self._pace = pace
         self._tasks = tasks
         self._lifecycle = lifecycle
         self._fleet = fleet
@@ -87,6 +90,7 @@ class Reports:
         record = self._running(worker, msg.task_id)
         if record is not None:
             if isinstance(msg, protocol.TaskDone):
+                self._pace.observe(record.spec.type, msg.run_s)
                 self._complete(record, msg.data)
             else:
                 self._failed(worker, record, msg)

@@ -38,6 +38,7 @@ from orchestrator.supervisor.journaling import JournalLink
 from orchestrator.supervisor.lifecycle import Lifecycle
 from orchestrator.supervisor.line import Line
 from orchestrator.supervisor.loop import CommandQueue
+from orchestrator.supervisor.pace import Pace
 from orchestrator.supervisor.record import TaskRecord
 from orchestrator.supervisor.reports import Reports
 from orchestrator.supervisor.results import Results
@@ -140,8 +141,9 @@ class Supervisor:
         shutdown."""
         tasks, timers, lifecycle, fleet = self._tasks, self._timers, self._lifecycle, self._fleet
         self.init_guard = InitGuard()
+        pace = Pace()
         self._reports = Reports(
-            tasks, lifecycle, fleet, self._capacity, self._announce, block_reader, self.init_guard
+            tasks, lifecycle, fleet, self._capacity, self._announce, block_reader, self.init_guard, pace
         )
         self._dispatch = Dispatcher(
             self._config,
@@ -154,6 +156,7 @@ class Supervisor:
             capacity=self._capacity,
             lifecycle=lifecycle,
             init_guard=self.init_guard,
+            pace=pace,
         )
         self._inbox = Inbox(fleet, self._message_handlers())
         host = TaskScheduleHost(

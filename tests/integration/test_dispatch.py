@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 
 from orchestrator import TaskStatus
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
@@ -135,6 +136,72 @@ def test_recycling_after_max_tasks_per_worker(make_orch, recorder: Recorder) -> 
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
     recorder.wait_for(lambda events: len(events) >= 2)
     assert {e.reason for e in recorder.events} == {"recycled"}
+
+
+def test_a_worker_sent_tasks_at_once_runs_no_more_than_max_tasks_per_worker(make_orch) -> None:
+    # Short tasks are queued deep in a busy worker: never past the tasks it may still run.
+    orch = make_orch(max_workers=1, max_tasks_per_worker=3)
+    for _ in range(3):  # its pace: short tasks
+        orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)
+    ids = [orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(12)]
+    pids = [orch.wait(task_id, DEADLOCK_TIMEOUT).data["pid"] for task_id in ids]
+    assert sorted(Counter(pids).values()) == [3, 3, 3, 3]
+
+
+def test_short_tasks_are_queued_deep_in_a_busy_worker(make_orch, tmp_path) -> None:
+    orch = make_orch(max_workers=1)
+    quick, held = Release(tmp_path / "quick"), Release(tmp_path / "held")
+    quick.open()
+    for _ in range(10):  # its pace: blockers return at once
+        orch.wait(orch.submit_task({"type": "blocker", "config": quick.config}), DEADLOCK_TIMEOUT)
+    ids = [orch.submit_task({"type": "blocker", "config": held.config}) for _ in range(21)]
+    orch.get_status()  # a round trip: they have been dispatched
+    assert orch.get_workers()[0].current_tasks == ids, "all 21 in the worker, in order"
+    held.open()
+    assert all(orch.wait(task_id, DEADLOCK_TIMEOUT).success for task_id in ids)
+
+
+def test_long_tasks_are_held_one_ahead(make_orch, recorder: Recorder) -> None:
+    orch = make_orch(max_workers=1)
+    orch.on("task_started", recorder)
+    orch.wait(orch.submit_task({"type": "sleep", "config": {"seconds": 0.05}}), DEADLOCK_TIMEOUT)
+    ids = [orch.submit_task({"type": "sleep"}) for _ in range(4)]
+    recorder.wait_for(lambda events: ids[0] in [e.task_id for e in events])
+    orch.get_status()
+    assert orch.get_workers()[0].current_tasks == ids[:2]
+    for task_id in ids:
+        orch.cancel(task_id)
+    assert all(orch.wait(task_id, DEADLOCK_TIMEOUT).status is TaskStatus.CANCELLED for task_id in ids)
+
+
+def test_short_tasks_with_large_configs_are_not_queued_deep(make_orch, tmp_path) -> None:
+    # A worker reads its pipe only between tasks: queued configs beyond the pipe's 64 KiB would
+    # block the supervisor's write (no status, no timeout) until the running task ended.
+    orch = make_orch(max_workers=1, task_queue_size=100)
+    quick, held = Release(tmp_path / "quick"), Release(tmp_path / "held")
+    quick.open()
+    for _ in range(10):
+        orch.wait(orch.submit_task({"type": "blocker", "config": quick.config}), DEADLOCK_TIMEOUT)
+    large = {**held.config, "padding": "x" * 30_000}
+    ids = [orch.submit_task({"type": "blocker", "config": large}) for _ in range(40)]
+    orch.get_status()  # answered: the supervisor did not block on the worker's pipe
+    assert orch.get_workers()[0].current_tasks == ids[:2]
+    held.open()
+    assert all(orch.wait(task_id, DEADLOCK_TIMEOUT).success for task_id in ids)
+
+
+def test_a_task_with_a_config_larger_than_a_pipe_waits_for_a_free_worker(
+    make_orch, release: Release, recorder: Recorder
+) -> None:
+    orch = make_orch(max_workers=1, prefetch=1)
+    orch.on("task_started", recorder)
+    running = orch.submit_task({"type": "blocker", "config": release.config})
+    recorder.wait_for(lambda events: len(events) == 1)
+    large = orch.submit_task({"type": "blocker", "config": {**release.config, "padding": "x" * 200_000}})
+    orch.get_status()  # answered: the supervisor did not block on the busy worker's pipe
+    assert orch.get_workers()[0].current_tasks == [running]
+    release.open()
+    assert orch.wait(large, DEADLOCK_TIMEOUT).success
 
 
 def test_submit_never_waits_for_workers(make_orch, release: Release) -> None:
