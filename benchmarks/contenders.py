@@ -29,10 +29,11 @@ class Contender(ABC):
 
     name = ""
     library = ""  # the import a user writes to get this pool
+    own_method: str | None = None  # a start method this contender always uses, whatever the run's
 
     def __init__(self, workers: int, method: str, queue: int = 200_000) -> None:
         self.workers = workers
-        self.method = method
+        self.method = self.own_method or method
         self.queue = queue
 
     def __enter__(self) -> Self:
@@ -86,8 +87,11 @@ class Contender(ABC):
 
 
 class Orchestrator(Contender):
+    """This orchestrator as users get it: its default start method, forkserver."""
+
     name = "parallel-orchestrator"
     library = "from orchestrator import ParallelOrchestrator"
+    own_method = "forkserver"
     options: dict[str, Any] = {}  # noqa: RUF012 - read only
 
     def start(self) -> None:
@@ -147,6 +151,7 @@ class OrchestratorExecutor(PPE):
 
     name = "orchestrator executor"
     library = "from orchestrator import ProcessPoolExecutor"
+    own_method = "forkserver"
 
     def start(self) -> None:
         from orchestrator import ProcessPoolExecutor as Facade
@@ -225,6 +230,13 @@ class Pebble(Contender):
         return list(self.pool.map(PLAIN[kind], args, chunksize=chunksize).result())
 
 
+class OrchestratorFork(Orchestrator):
+    """The orchestrator with the fork start method, beside its default."""
+
+    name = "orchestrator, fork"
+    own_method = "fork"
+
+
 class OrchestratorViews(Orchestrator):
     """The orchestrator handing large results out as views of their shared memory."""
 
@@ -232,7 +244,7 @@ class OrchestratorViews(Orchestrator):
     options = {"result_buffers": "view"}  # noqa: RUF012 - read only
 
 
-ALL: list[type[Contender]] = [Orchestrator, PPE, MPPool, Loky, Pebble]
+ALL: list[type[Contender]] = [Orchestrator, OrchestratorFork, PPE, MPPool, Loky, Pebble]
 # The concurrent.futures-style pools, for the executor benchmark.
 EXECUTORS: list[type[Contender]] = [OrchestratorExecutor, PPE, Loky, Pebble]
 

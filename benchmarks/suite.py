@@ -2,6 +2,9 @@
 
     python -m benchmarks [--workers 2] [--repeat 5] [--start-method fork] [--only NAME ...] [--json PATH]
 
+``--start-method`` is the peers'; this orchestrator runs with its default (forkserver), and as
+"orchestrator, fork" beside it.
+
 Each measurement is repeated ``--repeat`` times per contender; the table shows the median, min and
 max and the ratio of medians to ProcessPoolExecutor (for rates: higher is better; for times and
 sizes: lower is better).
@@ -241,8 +244,9 @@ def main() -> None:
     parser.add_argument("--json", dest="json_path", default=None, help="write every figure to this file")
     args = parser.parse_args()
     print(
-        f"{args.workers} workers, start method {args.start_method}, {args.repeat} runs each, "
-        "peers in the same run"
+        f"{args.workers} workers, start method {args.start_method} for the peers, {args.repeat} runs "
+        "each, in the same run; parallel-orchestrator runs with its default (forkserver), "
+        "'orchestrator, fork' beside it"
     )
     import_all()
     started = time.perf_counter()
