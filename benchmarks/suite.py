@@ -20,6 +20,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.ceiling import IdealHost
 from benchmarks.contenders import (
     ALL,
     EXECUTORS,
@@ -201,7 +202,11 @@ BENCHMARKS: dict[str, Measure] = {
     "host_impact": host_impact,
 }
 # Who runs each benchmark (all contenders unless named here).
-CONTENDERS: dict[str, list[type[Contender]]] = {"executor": EXECUTORS, "payloads": [*ALL, OrchestratorViews]}
+CONTENDERS: dict[str, list[type[Contender]]] = {
+    "executor": EXECUTORS,
+    "payloads": [*ALL, OrchestratorViews],
+    "host_impact": [*ALL, IdealHost],
+}
 Results = dict[str, dict[str, dict[str, list[float]]]]  # benchmark -> figure -> contender -> values
 
 
