@@ -2,7 +2,8 @@
 
 Each contender is a context manager around a warmed pool with ``submit(kind, arg)`` returning a
 handle and ``wait(handle)`` returning the task's value. Kinds: ``noop``, ``cpu`` (arg: ms of CPU),
-``echo`` (arg: the value to return), ``collect`` (a full garbage collection in the worker).
+``echo`` (arg: the value to return), ``collect`` (a full garbage collection in the worker),
+``sleep`` (arg: ms to sleep).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ PLAIN = {
     "cpu": tasks.cpu_plain,
     "echo": tasks.echo_plain,
     "collect": tasks.collect_plain,
+    "sleep": tasks.sleep_plain,
 }
 HANDLERS = {kind: "benchmarks.tasks:" + fn.__name__.removesuffix("_plain") for kind, fn in PLAIN.items()}
 
@@ -116,7 +118,7 @@ class Orchestrator(Contender):
         self.orch.shutdown(cancel_pending=True, timeout=0)
 
     def submit(self, kind: str, arg: Any) -> Any:
-        key = "ms" if kind == "cpu" else "x"
+        key = "ms" if kind in ("cpu", "sleep") else "x"
         return self.orch.submit_task({"type": kind, "config": {key: arg}})
 
     def wait(self, handle: Any) -> Any:

@@ -3,7 +3,9 @@
     python -m benchmarks.faults [--workers 2] [--repeat 5] [--tasks 1000]
 
 1. recovery: a worker is SIGKILLed while running a task; time until a task submitted right after
-   the kill has its result (ProcessPoolExecutor is broken by the kill and must be rebuilt).
+   the kill has its result (ProcessPoolExecutor is broken by the kill and must be rebuilt); and
+   time until the killed task's own future or result says so (this orchestrator under each start
+   method: forkserver is its default).
 2. timeout: a task sleeping 10 s with a 0.2 s timeout; time from the timeout to the error
    (ProcessPoolExecutor has no per-task timeout).
 3. lost: 1,000 tasks of which 10% crash their worker (os._exit) at random; how many of the 900
@@ -68,11 +70,15 @@ HANDLERS = {
 }
 
 
-def _orchestrator(workers: int) -> Any:
+def _orchestrator(workers: int, start_method: str = "forkserver") -> Any:
     from orchestrator import ParallelOrchestrator
 
     orch = ParallelOrchestrator(
-        max_workers=workers, task_queue_size=10_000, handlers=HANDLERS, timeout_grace=1.0
+        max_workers=workers,
+        task_queue_size=10_000,
+        handlers=HANDLERS,
+        timeout_grace=1.0,
+        start_method=start_method,
     )
     orch.initialize()
     return orch
@@ -96,6 +102,58 @@ def recovery_orchestrator(workers: int) -> float:
         return time.perf_counter() - kill_at
     finally:
         orch.shutdown(cancel_pending=True, timeout=0)
+
+
+def killed_task_orchestrator(workers: int, start_method: str) -> float:
+    orch = _orchestrator(workers, start_method)
+    try:
+        started = []
+        orch.on("task_started", lambda event: started.append(event.pid))
+        task_id = orch.submit_task({"type": "sleep", "config": {"seconds": 30}})
+        while not started:
+            time.sleep(0.001)
+        kill_at = time.perf_counter()
+        os.kill(started[0], signal.SIGKILL)
+        result = orch.wait(task_id)
+        elapsed = time.perf_counter() - kill_at
+        assert result.error is not None
+        assert result.error.kind == "worker_crashed"
+        return elapsed
+    finally:
+        orch.shutdown(cancel_pending=True, timeout=0)
+
+
+def killed_task_peer(submit: Callable[[str], Future[Any]], error: type[BaseException]) -> float:
+    """Seconds from SIGKILL of the worker running a peer's task to that task's future failing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        future = submit(f"{tmp}/pid")
+        victim = _victim(f"{tmp}/pid")
+    kill_at = time.perf_counter()
+    os.kill(victim, signal.SIGKILL)
+    with contextlib.suppress(error):
+        future.result()
+    return time.perf_counter() - kill_at
+
+
+def killed_task_ppe(workers: int) -> float:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    try:
+        wait([pool.submit(noop_plain) for _ in range(workers * 2)])
+        return killed_task_peer(lambda path: pool.submit(report_pid_then_sleep, path, 30), BrokenProcessPool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def killed_task_pebble(workers: int) -> float:
+    from pebble import ProcessExpired, ProcessPool
+
+    with ProcessPool(max_workers=workers, context=multiprocessing.get_context("forkserver")) as pool:
+        wait([pool.schedule(noop_plain) for _ in range(workers * 2)])
+        elapsed = killed_task_peer(
+            lambda path: pool.schedule(report_pid_then_sleep, args=(path, 30)), ProcessExpired
+        )
+        pool.stop()
+        return elapsed
 
 
 def _victim(path: str) -> int:
@@ -246,6 +304,16 @@ def main() -> None:
         ("parallel-orchestrator", recovery_orchestrator),
         ("ProcessPoolExecutor", recovery_ppe),
         ("pebble", recovery_pebble),
+    ):
+        print(_row(name, [run(args.workers) for _ in range(args.repeat)]))
+    print("   SIGKILL of a busy worker -> that task's error")
+    print(header)
+    for name, run in (
+        ("parallel-orchestrator", lambda workers: killed_task_orchestrator(workers, "forkserver")),
+        ("orchestrator, fork", lambda workers: killed_task_orchestrator(workers, "fork")),
+        ("orchestrator, spawn", lambda workers: killed_task_orchestrator(workers, "spawn")),
+        ("ProcessPoolExecutor", killed_task_ppe),
+        ("pebble", killed_task_pebble),
     ):
         print(_row(name, [run(args.workers) for _ in range(args.repeat)]))
     print(f"2. task timeout ({TIMEOUT} s) -> its error (ProcessPoolExecutor: no per-task timeout)")

@@ -51,7 +51,7 @@ def makespan(plan: list[dict[str, Any]], workers: int) -> float:
         max_workers=workers,
         min_workers=workers,
         task_queue_size=len(plan),
-        handlers={"sleep": "benchmarks.tasks:sleep_ms"},
+        handlers={"sleep": "benchmarks.tasks:sleep"},
     ) as orch:
         warm = [orch.submit_task({"type": "sleep", "config": {"ms": 1}}) for _ in range(workers * 2)]
         for task_id in warm:

@@ -159,7 +159,9 @@ def scale(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
     pool = kind(args.workers, args.start_method)
     pool.__enter__()
     try:
-        busy = [pool.submit("cpu", 300.0) for _ in range(args.workers)]
+        # Busy for longer than the measurement takes (a few seconds), so that every task submitted
+        # stays queued; not much longer, since ProcessPoolExecutor's shutdown waits for them.
+        busy = [pool.submit("sleep", 15_000.0) for _ in range(args.workers)]
         started = time.perf_counter()
         for _ in range(100_000):
             pool.submit("noop", 0)

@@ -36,9 +36,14 @@ def echo_plain(value: Any) -> Any:
     return value
 
 
-def sleep_ms(ctx: Any) -> None:
+def sleep(ctx: Any) -> None:
     """An orchestrator handler that sleeps config['ms'] milliseconds."""
-    time.sleep(ctx.config["ms"] / 1000)
+    sleep_plain(ctx.config["ms"])
+
+
+def sleep_plain(ms: float) -> None:
+    """A peer's task that sleeps ``ms`` milliseconds."""
+    time.sleep(ms / 1000)
 
 
 def collect(ctx: Any) -> None:

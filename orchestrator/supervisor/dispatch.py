@@ -177,7 +177,8 @@ class Dispatcher:
     def _worker_for(self, record: TaskRecord) -> WorkerHandle | None:
         """Where the task goes: a worker of its type that starts it at once (the most recently
         active), an untyped one, a new one, then the least loaded one of its type that can hold it
-        queued (prefetch); else none, and an idle worker of another type is retired for room."""
+        queued (prefetch: short tasks first; others only when no idle worker of another type can
+        retire to make room); else none."""
         # One pass over the pool, on every dispatch: it runs per task.
         pool = self._pool
         task_type = record.spec.type
@@ -202,9 +203,11 @@ class Dispatcher:
             spawned = self._fleet.spawn(task_type)
             if spawned is not None:
                 return spawned
-        if ahead is None:
-            self._fleet.make_room()
-        return ahead
+        if ahead is not None and depth > 1:
+            return ahead  # a short task starts sooner queued behind one than on a new worker
+        # A task that may run long (or of unknown length) is not queued behind a running one
+        # while a worker of another type idles: that one retires, and a new one takes the task.
+        return None if self._fleet.make_room() else ahead
 
     def _prefetch_depth(self, record: TaskRecord) -> int:
         """How many tasks like this one a busy worker may hold queued: the configured number, or

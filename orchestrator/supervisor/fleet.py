@@ -178,13 +178,16 @@ class Fleet:
             return
         self.retire(worker, "idle")
 
-    def make_room(self) -> None:
-        """Retire the least recently used idle worker of some type, one at a time."""
+    def make_room(self) -> bool:
+        """Retire the least recently used idle worker of some type, one at a time; True while a
+        worker retires for room (its slot goes to the next task that needs one)."""
         if any(w.exit_reason == "retired" for w in self.workers.values()):
-            return
+            return True
         idle = [w for w in self.workers.values() if w.state == "idle" and w.type is not None]
-        if idle:
-            self.retire(min(idle, key=lambda w: w.last_active), "retired")
+        if not idle:
+            return False
+        self.retire(min(idle, key=lambda w: w.last_active), "retired")
+        return True
 
     def stop_growing(self) -> None:
         """Shutting down: no new worker, and each one exits once nothing is left to dispatch."""

@@ -204,6 +204,22 @@ def test_a_task_with_a_config_larger_than_a_pipe_waits_for_a_free_worker(
     assert orch.wait(large, DEADLOCK_TIMEOUT).success
 
 
+def test_a_task_of_unknown_length_takes_an_idle_workers_room_rather_than_queue_behind_one(
+    make_orch, release: Release, recorder: Recorder
+) -> None:
+    orch = make_orch(max_workers=2)
+    orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT)  # an echo worker, now idle
+    orch.on("task_started", recorder)
+    ids = [orch.submit_task({"type": "blocker", "config": release.config})]
+    recorder.wait_for(lambda events: len(events) == 1)
+    ids.append(orch.submit_task({"type": "blocker", "config": release.config}))
+    # The idle echo worker retires, and a second blocker worker runs the second task meanwhile.
+    recorder.wait_for(lambda events: {e.task_id for e in events} == set(ids))
+    assert len({e.pid for e in recorder.events}) == 2
+    release.open()
+    assert all(orch.wait(task_id, DEADLOCK_TIMEOUT).success for task_id in ids)
+
+
 def test_submit_never_waits_for_workers(make_orch, release: Release) -> None:
     orch = make_orch(max_workers=2, task_queue_size=2000)
     ids = [orch.submit_task({"type": "blocker", "config": release.config}) for _ in range(2)]

@@ -208,10 +208,11 @@ def test_eviction_keeps_memory_bounded(make_orch) -> None:
     orch = make_orch(max_workers=2, max_results_in_memory=1000, task_queue_size=5000, handlers=HANDLERS)
 
     def run(count: int) -> list[str]:
+        # Batches smaller than max_results_in_memory: no result is evicted before it is waited for.
         ids = []
-        for start in range(0, count, 2500):
+        for start in range(0, count, 500):
             batch = [
-                orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(start, start + 2500)
+                orch.submit_task({"type": "echo", "config": {"i": i}}) for i in range(start, start + 500)
             ]
             for task_id in batch:
                 orch.wait(task_id, DEADLOCK_TIMEOUT)
