@@ -250,10 +250,15 @@ def lost_peer(
 ) -> int:
     plan = _crash_plan(tasks)
     pool = make()
-    futures = [submit(pool, crash) for crash in plan]
+    futures: list[Future[int]] = []
+    for crash in plan:
+        try:
+            futures.append(submit(pool, crash))
+        except BrokenProcessPool:  # broken by a crash while the rest were being submitted
+            break
     wait(futures)
-    lost = 0
-    for crash, future in zip(plan, futures, strict=True):
+    lost = sum(1 for crash in plan[len(futures) :] if not crash)
+    for crash, future in zip(plan, futures, strict=False):
         if not crash and (future.exception() is not None or future.result() != 1):
             lost += 1
     pool.shutdown(wait=True) if hasattr(pool, "shutdown") else (pool.close(), pool.join())
