@@ -1,4 +1,5 @@
-"""A worker's own hard cap on memory, beside the host's polling of its process tree.
+"""A worker's own hard cap on memory, beside the host's polling of its process tree, and its report
+of what it uses (`usage`) to a host that cannot measure it (a Dask node's worker).
 
 The host measures a worker's RSS every ``resource_check_interval``; a fast allocator gets far past
 ``max_memory_mb`` in that time. So a worker also caps its data segment (``RLIMIT_DATA``: heap and
@@ -13,8 +14,11 @@ counts that RSS does not: the address space of threads a handler starts (8 MiB o
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from pathlib import Path
+
+from workers import protocol
 
 
 def cap_memory(limit_mb: float | None) -> int | None:
@@ -42,3 +46,16 @@ def _status_kib(text: str) -> dict[str, int]:
         if value.endswith("kB"):
             fields[name] = int(value.split()[0])
     return fields
+
+
+def usage() -> protocol.Usage:
+    """This process's RSS with its children's, and its CPU seconds (psutil, loaded on first use)."""
+    import psutil
+
+    me = psutil.Process()
+    rss = me.memory_info().rss
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            rss += child.memory_info().rss
+    times = me.cpu_times()
+    return protocol.Usage(rss, times.user + times.system)

@@ -36,7 +36,7 @@ from workers.errors import stop_exception
 from workers.failures import classify, failure, init_failure, over_cap
 from workers.host_link import RemoteTasks, TaskPipe, exit_orphaned, process_alive, read_messages
 from workers.logs import LogForwarder, forward_logs
-from workers.memcap import cap_memory
+from workers.memcap import cap_memory, usage
 from workers.messaging import Link
 from workers.registry import resolve_handler
 from workers.shm import BlockReader, BlockWriter, block_prefix
@@ -226,7 +226,7 @@ class _WorkerRuntime:
         elif isinstance(msg, protocol.Reply):
             self._link.on_reply(msg)
         elif isinstance(msg, protocol.Measure):
-            self._send(_usage())
+            self._send(usage())
         elif isinstance(msg, protocol.Deliver):
             self._on_deliver(msg)
         elif self._inbox is not None:
@@ -488,16 +488,3 @@ def _dependencies(packed: Any) -> dict[str, Any]:
         return {}
     results, errors = packed
     return {**results, **{task_id: TaskError.from_wire(fields) for task_id, fields in errors.items()}}
-
-
-def _usage() -> protocol.Usage:
-    """This process's RSS with its children's, and its CPU seconds (psutil, loaded on first use)."""
-    import psutil
-
-    me = psutil.Process()
-    rss = me.memory_info().rss
-    for child in me.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            rss += child.memory_info().rss
-    times = me.cpu_times()
-    return protocol.Usage(rss, times.user + times.system)

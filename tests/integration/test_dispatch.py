@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from typing import Any
 
 from orchestrator import TaskStatus
 from tests.conftest import DEADLOCK_TIMEOUT, Recorder, Release
@@ -190,13 +191,19 @@ def test_short_tasks_with_large_configs_are_not_queued_deep(make_orch, tmp_path)
     assert all(orch.wait(task_id, DEADLOCK_TIMEOUT).success for task_id in ids)
 
 
-def test_a_task_with_a_config_larger_than_a_pipe_waits_for_a_free_worker(
-    make_orch, release: Release, recorder: Recorder
-) -> None:
+def _one_worker_running_a_blocker(make_orch, release: Release, recorder: Recorder) -> tuple[Any, str]:
+    """An orchestrator of one worker (prefetch=1) running a blocker, and that task's id."""
     orch = make_orch(max_workers=1, prefetch=1)
     orch.on("task_started", recorder)
     running = orch.submit_task({"type": "blocker", "config": release.config})
     recorder.wait_for(lambda events: len(events) == 1)
+    return orch, running
+
+
+def test_a_task_with_a_config_larger_than_a_pipe_waits_for_a_free_worker(
+    make_orch, release: Release, recorder: Recorder
+) -> None:
+    orch, running = _one_worker_running_a_blocker(make_orch, release, recorder)
     large = orch.submit_task({"type": "blocker", "config": {**release.config, "padding": "x" * 200_000}})
     orch.get_status()  # answered: the supervisor did not block on the busy worker's pipe
     assert orch.get_workers()[0].current_tasks == [running]
@@ -251,10 +258,7 @@ def test_a_prefetched_task_moves_to_a_worker_that_frees_up(make_orch, tmp_path, 
 def test_a_prefetched_task_survives_its_workers_crash(
     make_orch, release: Release, recorder: Recorder
 ) -> None:
-    orch = make_orch(max_workers=1, prefetch=1)
-    orch.on("task_started", recorder)
-    doomed = orch.submit_task({"type": "blocker", "config": release.config})
-    recorder.wait_for(lambda events: len(events) == 1)
+    orch, doomed = _one_worker_running_a_blocker(make_orch, release, recorder)
     waiting = orch.submit_task({"type": "blocker", "config": release.config})
     orch.get_status()  # a round trip: the second task is now prefetched by the busy worker
     import os
