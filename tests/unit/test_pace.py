@@ -40,3 +40,12 @@ def test_types_are_paced_apart() -> None:
     pace.observe("a", 1e-5)
     pace.observe("b", 1.0)
     assert (pace.depth("a"), pace.depth("b")) == (MAX_DEPTH, 1)
+
+
+def test_run_times_at_the_edges_of_a_float_give_a_depth_in_range() -> None:
+    # A worker's clock is its own word: whatever finite, non-negative time it reports (decode
+    # refuses the rest), the depth stays between one and the most.
+    pace = Pace()
+    for run_s in (0.0, 5e-324, 1e308, 0.0, 1e-300, 1e308):
+        pace.observe("edge", run_s)
+        assert 1 <= pace.depth("edge") <= MAX_DEPTH

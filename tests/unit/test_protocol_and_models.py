@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 import orchestrator
 from orchestrator import ConfigError, InvalidTaskError, OrchestratorConfig, TaskSpec, TaskStatus
-from workers import protocol
+from workers import framing, protocol
 
 MESSAGES = [
     protocol.RunTask(
@@ -24,7 +24,7 @@ MESSAGES = [
     protocol.TaskStarted("t-1", True),
     protocol.TaskProgress("t-1", 2, None, "half"),
     protocol.TaskPartial("t-1", protocol.pack_payload([1, 2])),
-    protocol.TaskDone("t-1", protocol.pack_payload({"ok": True})),
+    protocol.TaskDone("t-1", protocol.pack_payload({"ok": True}), 0.25),
     protocol.TaskFailed("t-1", "exception", "boom", "Traceback...", "ValueError"),
 ]
 
@@ -169,6 +169,22 @@ def test_frame_reader_reports_end_of_file_and_corrupt_headers() -> None:
     with pytest.raises(EOFError):
         reader.read()
     os.close(read_end)
+
+
+@pytest.mark.parametrize("run_s", [-1.0, float("nan"), float("inf"), "1", None])
+def test_a_run_time_a_worker_could_not_have_measured_is_a_protocol_error(run_s: object) -> None:
+    lying = protocol.pack_payload([protocol.TaskDone.TAG, "t-1", protocol.pack_payload(None), run_s])
+    with pytest.raises(protocol.ProtocolError, match=r"TaskDone\.run_s"):
+        protocol.decode(lying)
+
+
+def test_several_frames_in_one_write_read_back_as_sent() -> None:
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    tasks = [MESSAGES[0], protocol.RunTask("t-2", "echo", "m:f", "", b"\x80", b"\xc0", 1, seq=2)]
+    framing.write_all(sending.fileno(), b"".join(framing.frame(protocol.encode(t)) for t in tasks))
+    assert [protocol.decode(receiving.recv_bytes()) for _ in tasks] == tasks
+    receiving.close()
+    sending.close()
 
 
 def test_frame_reader_reads_what_connection_send_bytes_writes() -> None:
