@@ -299,10 +299,10 @@ class TaskSpec(_Checked):
     timeout: float | None = Field(None, gt=0, strict=True)
     retries: int = Field(0, ge=0, strict=True)
     retry_on_exception: bool = False
-    retry_on: list[str] = Field(default_factory=list)
+    retry_on: tuple[str, ...] = ()
     retry_backoff: float = Field(1.0, ge=0, strict=True, allow_inf_nan=False)
     retry_backoff_max: float = Field(600.0, ge=0, strict=True, allow_inf_nan=False)
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: tuple[str, ...] = ()
     depends_on_group: str | None = None
     on_dependency_failure: Literal["fail", "run"] = "fail"
     group: str | None = None
@@ -310,7 +310,7 @@ class TaskSpec(_Checked):
 
     @field_validator("retry_on")
     @classmethod
-    def _check_retry_on(cls, names: list[str]) -> list[str]:
+    def _check_retry_on(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         for name in names:
             if not name.isidentifier():
                 raise ValueError(

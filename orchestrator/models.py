@@ -25,7 +25,10 @@ from workers.values import utc_moment
 ModelT = TypeVar("ModelT", bound=BaseModel)
 _set_attribute = object.__setattr__
 # Field names by model class: pydantic's ``model_fields`` is a property that costs a microsecond.
-_field_names: dict[type[BaseModel], frozenset[str]] = {}
+# Each is also the fields-set of every model `assemble` builds of that class: one set shared by all
+# rather than one per result, which the cyclic GC would walk for as long as the result is kept.
+# Pydantic copies it before it changes it (``model_copy``), and adding a name it holds changes nothing.
+_field_names: dict[type[BaseModel], set[str]] = {}
 
 
 def assemble(cls: type[ModelT], **values: Any) -> ModelT:
@@ -36,7 +39,7 @@ def assemble(cls: type[ModelT], **values: Any) -> ModelT:
     """
     names = _field_names.get(cls)
     if names is None:
-        names = _field_names[cls] = frozenset(cls.model_fields)
+        names = _field_names[cls] = set(cls.model_fields)
     if values.keys() != names:
         missing, unknown = names - values.keys(), values.keys() - names
         raise TypeError(
@@ -44,7 +47,7 @@ def assemble(cls: type[ModelT], **values: Any) -> ModelT:
         )
     model = cls.__new__(cls)
     _set_attribute(model, "__dict__", values)
-    _set_attribute(model, "__pydantic_fields_set__", set(values))
+    _set_attribute(model, "__pydantic_fields_set__", names)
     _set_attribute(model, "__pydantic_extra__", None)
     _set_attribute(model, "__pydantic_private__", None)
     return model

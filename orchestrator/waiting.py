@@ -20,7 +20,7 @@ from orchestrator.durations import caller_timeout
 from orchestrator.errors import OrchestratorClosedError
 from orchestrator.lookup import StreamCursor, TaskLookup
 from orchestrator.models import TaskResult
-from orchestrator.supervisor import Supervisor, TaskRecord
+from orchestrator.supervisor import Supervisor, TaskRecord, add_waiter
 
 T = TypeVar("T")
 
@@ -230,5 +230,5 @@ def _ask_by_mail(
     No round trip to the supervisor: it sets ``result`` before it calls the waiters, so either it
     finds this mailbox in the list or the second look here sees the result.
     """
-    record.waiters.append(mailbox.put)
+    add_waiter(record, mailbox.put)
     return record.result

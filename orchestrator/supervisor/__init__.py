@@ -43,6 +43,7 @@ above it in this list; a lower one that must reach a higher one is handed a call
 """
 
 from orchestrator.supervisor.record import TaskRecord as TaskRecord
+from orchestrator.supervisor.record import add_waiter as add_waiter
 from orchestrator.supervisor.supervisor import Supervisor as Supervisor
 
-__all__ = ["Supervisor", "TaskRecord"]
+__all__ = ["Supervisor", "TaskRecord", "add_waiter"]

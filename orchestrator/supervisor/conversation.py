@@ -19,7 +19,7 @@ from orchestrator.messaging import Broker
 from orchestrator.models import TaskResult, TaskStatus, result_wire
 from orchestrator.supervisor.capacity import Capacity
 from orchestrator.supervisor.fleet import Fleet
-from orchestrator.supervisor.record import TaskRecord, active_record, prefetched
+from orchestrator.supervisor.record import TaskRecord, active_record, add_waiter, prefetched
 from workers import protocol
 from workers.shm import BlockReader, BlockWriter
 
@@ -146,7 +146,7 @@ class Conversation:
         if not self._answer_if_ready(wait):
             self._child_waits.setdefault(waiter.task_id, []).append(wait)
             for task_id in ids:
-                self._tasks[task_id].waiters.append(functools.partial(self._on_child_final, wait))
+                add_waiter(self._tasks[task_id], functools.partial(self._on_child_final, wait))
 
     def _forget_wait(self, worker: WorkerHandle, call_id: int, waiter: TaskRecord, args: Any) -> None:
         waits = self._child_waits.get(waiter.task_id, [])

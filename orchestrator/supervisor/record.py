@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.backends.base import WorkerHandle
@@ -17,8 +18,8 @@ from orchestrator.scheduler import Timer
 class TaskRecord:
     """A task as the host tracks it. Created by `submit_task`, then mutated by the supervisor only.
 
-    Caller threads read ``status`` and ``result`` (single attribute reads) and may append to
-    ``waiters`` (an atomic append); the supervisor sets ``result`` before it calls and clears them.
+    Caller threads read ``status`` and ``result`` (single attribute reads) and may add waiters
+    (`add_waiter`); the supervisor sets ``result`` before it takes the waiters and calls them.
     """
 
     task_id: str
@@ -66,7 +67,7 @@ class TaskRecord:
     needed_by: int = 0
     # When it last entered the ready queue (monotonic): the start of its queue wait.
     ready_at: float = 0.0
-    waiters: list[Callable[[TaskResult], None]] = field(default_factory=list)
+    waiters: list[Callable[[TaskResult], None]] | None = None
     # Told on the supervisor's thread when an attempt starts (an executor's future turns running):
     # it must be quick and run no user code.
     on_start: Callable[[], None] | None = None
@@ -77,6 +78,36 @@ class TaskRecord:
     journaled: bool = True
     # An executor task's last exception, pickled by its worker (see `workers.calls`).
     raised: bytes = b""
+
+
+# Held only while a record's first waiter list is made: two callers must not each make one, or
+# the waiter added to the list that lost would never be told.
+_FIRST_WAITER = threading.Lock()
+
+
+def add_waiter(record: TaskRecord, notify: Callable[[TaskResult], None]) -> None:
+    """Have ``notify(result)`` called on the supervisor's thread once the task is final (any thread).
+
+    A caller off that thread must look at ``record.result`` afterwards: when the result was set
+    meanwhile, ``notify`` may not be called.
+    """
+    waiters = record.waiters
+    if waiters is None:
+        with _FIRST_WAITER:
+            waiters = record.waiters
+            if waiters is None:
+                waiters = record.waiters = []
+    waiters.append(notify)
+
+
+def take_waiters(record: TaskRecord) -> list[Callable[[TaskResult], None]]:
+    """The waiters to tell of the result just set (supervisor's thread): the list goes with them,
+    so a kept record holds no empty one (each is one more object for the cyclic GC to walk)."""
+    waiters = record.waiters
+    if waiters is None:
+        return []
+    record.waiters = None
+    return waiters
 
 
 def is_delayed(record: TaskRecord, now_mono: float, now_wall: float) -> bool:

@@ -21,7 +21,7 @@ from orchestrator.models import GroupStatus, TaskResult
 from orchestrator.scheduler import Timer, Timers
 from orchestrator.supervisor.graph import Collection, TaskGraph, status_counts
 from orchestrator.supervisor.journaling import JournalLink
-from orchestrator.supervisor.record import TaskRecord
+from orchestrator.supervisor.record import TaskRecord, add_waiter, take_waiters
 from workers.calls import CALL_TYPE
 
 # Finish times kept for the tasks-per-second figure of `orch status` (a minute at 3,000/s).
@@ -61,10 +61,8 @@ class Results:
         journal = self._journaling.of(record)
         if journal is not None:
             journal.finished(record.task_id, result.status.value, record.attempts, journal_result(result))
-        if record.waiters:
-            for notify in record.waiters:
-                notify(result)
-            record.waiters.clear()
+        for notify in take_waiters(record):  # one added while they are told is told too
+            notify(result)
         if record.watchers:
             for watcher in record.watchers:
                 watcher()
@@ -125,7 +123,7 @@ class Results:
             notify(result)
         for record in records:
             if record.result is None:
-                record.waiters.append(notify)
+                add_waiter(record, notify)
 
     def watch(self, record: TaskRecord, watcher: Callable[[], None]) -> None:
         """Call ``watcher()`` (on the supervisor thread: it must not block) on each partial and at

@@ -125,6 +125,28 @@ def test_wait_times_out_while_the_task_goes_on(make_orch, release: Release) -> N
     assert orch.wait(task_id, DEADLOCK_TIMEOUT).success
 
 
+def test_every_thread_waiting_on_a_task_gets_its_result(make_orch, release: Release) -> None:
+    orch = make_orch()
+    task_id = orch.submit_task({"type": "blocker", "config": release.config})
+    waiting = threading.Barrier(9)
+    results = []
+
+    def wait() -> None:
+        waiting.wait(DEADLOCK_TIMEOUT)
+        results.append(orch.wait(task_id, DEADLOCK_TIMEOUT))
+
+    threads = [threading.Thread(target=wait) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    waiting.wait(DEADLOCK_TIMEOUT)
+    release.open()  # some wait from before the end, some are still arriving as it ends
+    for thread in threads:
+        thread.join(DEADLOCK_TIMEOUT)
+    assert len(results) == 8
+    assert all(result.success and result.task_id == task_id for result in results)
+    assert orch.wait(orch.submit_task({"type": "echo"}), DEADLOCK_TIMEOUT).success
+
+
 def test_slow_callback_does_not_delay_dispatch(make_orch) -> None:
     orch = make_orch(max_workers=1)
     orch.on("task_completed", lambda event: time.sleep(1.0))

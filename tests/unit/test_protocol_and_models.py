@@ -56,7 +56,7 @@ def test_task_spec_defaults() -> None:
         5,
         None,
         0,
-        [],
+        (),
         "fail",
     )
     assert spec.config == {"topic": "x"}
