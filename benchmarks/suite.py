@@ -138,20 +138,32 @@ def payloads(kind: type[Contender], args: argparse.Namespace) -> dict[str, float
 def memory(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
     """USS and RSS of an idle worker, in MiB (RSS counts pages shared with the forked host), and
     its USS once it has run a full garbage collection (which writes to every object it walks)."""
-    import psutil
-
     with kind(args.workers, args.start_method) as pool:
         warm_up(pool, "echo", b"")  # pools that start workers on demand (forkserver, spawn) have some
         time.sleep(0.2)
-        infos = [psutil.Process(pid).memory_full_info() for pid in pool.worker_pids()]
+        infos = _memory_of_workers(pool)
         figures = {
             "idle worker USS MiB": statistics.median(i.uss for i in infos) / MIB,
             "idle worker RSS MiB": statistics.median(i.rss for i in infos) / MIB,
         }
         warm_up(pool, "collect", 0)
-        collected = [psutil.Process(pid).memory_full_info().uss for pid in pool.worker_pids()]
+        collected = [info.uss for info in _memory_of_workers(pool)]
         figures["USS after a collection MiB"] = statistics.median(collected) / MIB
     return figures
+
+
+def _memory_of_workers(pool: Contender) -> list[Any]:
+    """Each live worker's memory; one that exits meanwhile (this orchestrator retires an idle
+    worker of another type to start one for a new type) is left out."""
+    import psutil
+
+    infos = []
+    for pid in pool.worker_pids():
+        try:
+            infos.append(psutil.Process(pid).memory_full_info())
+        except psutil.NoSuchProcess:
+            continue
+    return infos
 
 
 def scale(kind: type[Contender], args: argparse.Namespace) -> dict[str, float]:
