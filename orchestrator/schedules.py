@@ -24,8 +24,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from orchestrator.config import TaskSpec
 from orchestrator.errors import OrchestratorError, QueueFullError, ScheduleError
 from orchestrator.models import ScheduleInfo, TaskStatus
@@ -94,6 +92,8 @@ def check_cron(expression: str) -> None:
             f"cron {expression!r} has {len(fields)} fields; it needs exactly five "
             "(minute hour day-of-month month day-of-week), or @hourly/@daily/@weekly/@monthly"
         )
+    from croniter import croniter  # here, not at import: most hosts never parse a cron (15 ms)
+
     for position, (value, name) in enumerate(zip(fields, _CRON_FIELDS, strict=True)):
         alone = ["*"] * 5
         alone[position] = value
@@ -229,12 +229,16 @@ class Schedule:
         zone = _zone(self.tz)
         start = datetime.fromtimestamp(moment, tz=zone)
         assert self.cron is not None
+        from croniter import croniter
+
         return float(croniter(self.cron, start).get_next(float))
 
     def _cron_slots_between(self, first: float, last: float) -> int:
         """How many cron matches fall in [first, last] (first is one), counted up to a cap."""
         assert self.cron is not None
         found = 1
+        from croniter import croniter
+
         moments = croniter(self.cron, datetime.fromtimestamp(first, tz=_zone(self.tz)))
         while found < MAX_COUNTED_SLOTS and moments.get_next(float) <= last:
             found += 1
