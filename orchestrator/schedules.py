@@ -103,6 +103,14 @@ def check_cron(expression: str) -> None:
         raise ScheduleError(f"cron {expression!r} is not valid")
 
 
+def _cron_moments(expression: str, start: datetime) -> Any:
+    """The cron expression's matches after ``start`` (``get_next``); croniter is imported here,
+    not with this module, since most hosts never schedule by cron."""
+    from croniter import croniter
+
+    return croniter(expression, start)
+
+
 def _zone(tz: str) -> ZoneInfo:
     try:
         return ZoneInfo(tz)
@@ -229,17 +237,13 @@ class Schedule:
         zone = _zone(self.tz)
         start = datetime.fromtimestamp(moment, tz=zone)
         assert self.cron is not None
-        from croniter import croniter
-
-        return float(croniter(self.cron, start).get_next(float))
+        return float(_cron_moments(self.cron, start).get_next(float))
 
     def _cron_slots_between(self, first: float, last: float) -> int:
         """How many cron matches fall in [first, last] (first is one), counted up to a cap."""
         assert self.cron is not None
         found = 1
-        from croniter import croniter
-
-        moments = croniter(self.cron, datetime.fromtimestamp(first, tz=_zone(self.tz)))
+        moments = _cron_moments(self.cron, datetime.fromtimestamp(first, tz=_zone(self.tz)))
         while found < MAX_COUNTED_SLOTS and moments.get_next(float) <= last:
             found += 1
         return found
